@@ -1,0 +1,84 @@
+// The encoded-dataset model. Values stay as slices of the input buffer: an element that nobody
+// changes is written back from the very bytes it was read from, and pixel data is never decoded.
+import { Syntax } from './uids';
+
+export interface Element {
+  /** (group << 16 | element), unsigned. */
+  tag: number;
+  /** VR as encoded (explicit VR) or as the dictionary says (implicit VR; 'UN' if unknown). */
+  vr: string;
+  /** Raw value bytes in the dataset's byte order, for every element that is not a sequence
+   * and not encapsulated. Usually a slice of the input. */
+  value: Buffer | null;
+  /** Items, for SQ (and for UN of undefined length, which PS3.5 6.2.2 says is an implicit-VR
+   * sequence). */
+  items?: Item[];
+  /** The syntax of the items: differs from the dataset's for UN sequences (implicit VR LE). */
+  itemSyntax?: Syntax;
+  /** Raw bytes of an encapsulated value (fragment items through the sequence delimiter),
+   * passed through untouched. */
+  encapsulated?: Buffer;
+  /** The element was encoded with undefined length; kept so unchanged data keeps its layout. */
+  undefinedLength: boolean;
+}
+
+export interface Item {
+  elements: Element[];
+  undefinedLength: boolean;
+}
+
+export interface DicomObject {
+  /** File meta elements (group 0002), empty when the input had none. */
+  meta: Element[];
+  dataset: Element[];
+  transferSyntaxUid: string;
+  syntax: Syntax;
+  deflated: boolean;
+  hadMeta: boolean;
+}
+
+export class DicomParseError extends Error {
+  constructor(message: string, readonly offset?: number) {
+    super(offset === undefined ? message : `${message} (at byte ${offset})`);
+    this.name = 'DicomParseError';
+  }
+}
+
+/** Binary search in a tag-sorted element list. */
+export function findElement(elements: readonly Element[], tag: number): Element | undefined {
+  let lo = 0;
+  let hi = elements.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const t = elements[mid].tag;
+    if (t === tag) return elements[mid];
+    if (t < tag) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  // Datasets in the wild are occasionally unsorted; fall back to a scan.
+  for (const e of elements) if (e.tag === tag) return e;
+  return undefined;
+}
+
+/** Text of a string element, without trailing padding (spaces and NULs). Latin-1 keeps every
+ * byte; callers that need the real characters decode with the character set themselves. */
+export function elementString(el: Element | undefined): string | undefined {
+  if (!el || !el.value) return undefined;
+  let end = el.value.length;
+  while (end > 0 && (el.value[end - 1] === 0x20 || el.value[end - 1] === 0x00)) end--;
+  let start = 0;
+  while (start < end && el.value[start] === 0x20) start++;
+  return el.value.toString('latin1', start, end);
+}
+
+export function getString(elements: readonly Element[], tag: number): string | undefined {
+  return elementString(findElement(elements, tag));
+}
+
+/** Decodes a string value using the dataset's SpecificCharacterSet (UTF-8 or Latin-1; other
+ * character sets fall back to Latin-1, which preserves bytes but not meaning). */
+export function decodeText(buf: Buffer, charset: string | undefined): string {
+  const cs = (charset ?? '').toUpperCase();
+  const s = cs.includes('ISO_IR 192') ? buf.toString('utf8') : buf.toString('latin1');
+  return s.replace(/[\0 ]+$/, '').replace(/^ +/, '');
+}

@@ -1,0 +1,98 @@
+// Tag <-> keyword <-> VR lookups over the generated PS3.6 dictionary.
+import { DICTIONARY_ROWS } from './dictionary.generated';
+
+export interface DictEntry { tag: number; vr: string; keyword: string; vm: string; retired: boolean }
+
+const byTag = new Map<number, DictEntry>();
+const byKeyword = new Map<string, DictEntry>();
+for (const [tag, vr, keyword, vm, retired] of DICTIONARY_ROWS) {
+  const e: DictEntry = { tag, vr, keyword, vm, retired: retired === 1 };
+  byTag.set(tag, e);
+  byKeyword.set(keyword, e);
+}
+
+/** Repeating groups (50xx curves, 60xx overlays) are listed once under their base group. */
+function baseTag(tag: number): number {
+  const group = tag >>> 16;
+  if ((group >= 0x5000 && group <= 0x50ff) || (group >= 0x6000 && group <= 0x60ff)) {
+    return (((group & 0xff00) << 16) | (tag & 0xffff)) >>> 0;
+  }
+  return tag;
+}
+
+export function lookupTag(tag: number): DictEntry | undefined {
+  return byTag.get(tag) ?? byTag.get(baseTag(tag));
+}
+
+export function lookupKeyword(keyword: string): DictEntry | undefined {
+  return byKeyword.get(keyword);
+}
+
+export function isPrivateTag(tag: number): boolean {
+  return ((tag >>> 16) & 1) === 1;
+}
+
+/** (gggg,0010)-(gggg,00FF) in an odd group: reserves a private block for a creator. */
+export function isPrivateCreator(tag: number): boolean {
+  const el = tag & 0xffff;
+  return isPrivateTag(tag) && el >= 0x10 && el <= 0xff;
+}
+
+/** VR an implicit-VR reader must assume for a tag. */
+export function implicitVr(tag: number): string {
+  const el = tag & 0xffff;
+  if (el === 0) return 'UL'; // group length
+  if (isPrivateTag(tag)) return isPrivateCreator(tag) ? 'LO' : 'UN';
+  return lookupTag(tag)?.vr ?? 'UN';
+}
+
+export function formatTag(tag: number): string {
+  const h = tag.toString(16).toUpperCase().padStart(8, '0');
+  return `(${h.slice(0, 4)},${h.slice(4)})`;
+}
+
+/** Human name of a tag for messages: keyword when known, else (gggg,eeee). */
+export function describeTag(tag: number): string {
+  const e = byTag.get(tag);
+  return e ? `${e.keyword} ${formatTag(tag)}` : formatTag(tag);
+}
+
+/**
+ * Parses a tag reference as users write it: a keyword (PatientName), "(0010,0010)", "0010,0010"
+ * or "00100010". Returns undefined when it is neither a known keyword nor a well-formed tag.
+ */
+export function parseTagRef(ref: string): number | undefined {
+  const s = ref.trim();
+  const m = /^\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?$/.exec(s);
+  if (m) return parseInt(m[1] + m[2], 16) >>> 0;
+  return byKeyword.get(s)?.tag;
+}
+
+/** Closest keywords to a misspelt one, for "did you mean" in config errors. */
+export function suggestKeywords(word: string, max = 3): string[] {
+  const w = word.toLowerCase();
+  const scored: Array<[number, string]> = [];
+  for (const k of byKeyword.keys()) {
+    if (k.startsWith('RETIRED_')) continue;
+    const d = editDistance(w, k.toLowerCase(), 3);
+    if (d <= 3) scored.push([d, k]);
+  }
+  return scored.sort((a, b) => a[0] - b[0]).slice(0, max).map((x) => x[1]);
+}
+
+function editDistance(a: string, b: string, limit: number): number {
+  if (Math.abs(a.length - b.length) > limit) return limit + 1;
+  let prev = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    let rowMin = i;
+    for (let j = 1; j <= b.length; j++) {
+      const v = Math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+      cur.push(v);
+      if (v < rowMin) rowMin = v;
+    }
+    if (rowMin > limit) return limit + 1;
+    prev = cur;
+  }
+  return prev[b.length];
+}
