@@ -1,0 +1,154 @@
+#!/usr/bin/env node
+// Command line: serve, anonymize, check-config, spool.
+import { parseArgs } from 'util';
+import { existsSync, statSync } from 'fs';
+import { join, resolve } from 'path';
+import { loadConfig } from './config/load';
+import { resolveSalt, saltPath } from './config/salt';
+import { ConfigError, RouterConfig } from './config/types';
+import { DeidPipeline } from './pipeline';
+import { formatSummary, runAnonymize } from './commands/anonymize';
+import { createLogger } from './observe/logger';
+import { formatTag, lookupTag } from './dicom/dictionary';
+
+const HELP = `dicom-deid-router: de-identifies DICOM images per research study and routes them
+
+Usage:
+  dicom-deid-router serve --config PATH
+      Run the storage SCP (C-ECHO, C-STORE) on the configured listen address; every image is
+      de-identified in memory and delivered to its study's destinations before "Success".
+  dicom-deid-router anonymize --config PATH [--move] [--fsync] [--quarantine DIR] INCOMING OUTGOING
+      De-identify every DICOM file below INCOMING into
+      OUTGOING/<study>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm.
+      Files that cannot be processed go to the quarantine (default STATE_DIR/quarantine) with a
+      reason file; the exit code is 1 when anything was quarantined. Inputs are left alone
+      unless --move is given.
+  dicom-deid-router check-config --config PATH
+      Validate the configuration and print the resolved stations and studies.
+  dicom-deid-router spool --config PATH [retry]
+      List the forwarding backlog and dead letters per destination; 'retry' re-queues dead letters.
+
+PATH is a YAML file, or a folder with router.yaml and/or stations.json + studies.json.
+Options:
+  --config PATH   configuration (required)
+  --log-level L   trace, debug, info (default), warn, error
+  -h, --help      this text
+`;
+
+function fail(msg: string, code = 2): never {
+  process.stderr.write(`dicom-deid-router: ${msg}\n`);
+  process.exit(code);
+}
+
+function load(configPath: string | undefined): RouterConfig {
+  if (!configPath) fail('--config PATH is required (see --help)');
+  return loadConfig(configPath);
+}
+
+function describeConfig(c: RouterConfig): string {
+  const lines: string[] = [];
+  lines.push(`configuration: ${c.sources.join(', ')}`);
+  lines.push(`salt: ${c.salt ? `from ${c.salt.from}` : existsSync(saltPath(c)) ? `file ${saltPath(c)}` : `generated on first run into ${saltPath(c)}`}`);
+  lines.push(`listen: ${c.listen.aeTitle} on ${c.listen.host}:${c.listen.port}${c.listen.allowUnknownCallers ? ' (unknown callers allowed)' : ''}`);
+  lines.push(`state directory: ${c.stateDir}; unknown studies: ${c.unknownStudy === 'quarantine' ? 'quarantined' : 'Supplement142'}`);
+  lines.push('destinations:');
+  for (const d of c.destinations.values()) {
+    lines.push(`  ${d.name}${d.name === c.defaultDestination ? ' (default)' : ''}: ${d.type === 'folder' ? `folder ${d.path}` : `DICOM ${d.aeTitle}@${d.host}:${d.port} as ${d.callingAeTitle}`}`);
+  }
+  lines.push('stations:');
+  for (const s of c.stations.values()) {
+    const kw = lookupTag(s.tagForStudy)?.keyword ?? formatTag(s.tagForStudy);
+    lines.push(`  ${s.name}: study from ${kw}${s.split !== null ? ` split on "${s.split}" index ${s.splitIndex}` : ''}${s.aeTitles.length ? `; calling AE ${s.aeTitles.join(', ')}` : ''}`);
+  }
+  lines.push('studies:');
+  for (const s of c.studies.values()) {
+    const rules = [...s.tagRules].map(([t, r]) => `${lookupTag(t)?.keyword ?? formatTag(t)}=${r.action}`);
+    const vrs = [...s.vrRules].map(([v, r]) => `${v}=${r.action}`);
+    lines.push(`  ${s.name}: profile ${s.profile}${s.options.length ? ` + ${s.options.join(', ')}` : ''}; private tags ${s.removePrivateTags ? 'removed' : 'KEPT'}${s.keepPrivate.length ? ` except ${s.keepPrivate.map((k) => k.creator).join(', ')}` : ''}`);
+    if (rules.length) lines.push(`    tags: ${rules.join(', ')}`);
+    if (vrs.length) lines.push(`    VRs: ${vrs.join(', ')}`);
+    if (s.destinations) lines.push(`    destinations: ${s.destinations.join(', ')}`);
+  }
+  if (!c.studies.has('Supplement142')) lines.push('  Supplement142: built in (basic profile, private tags removed) for images of unconfigured studies');
+  return lines.join('\n') + '\n';
+}
+
+async function main(argv: string[]): Promise<number> {
+  const command = argv[0];
+  if (!command || command === '-h' || command === '--help' || command === 'help') {
+    process.stdout.write(HELP);
+    return command ? 0 : 2;
+  }
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv.slice(1),
+      allowPositionals: true,
+      options: {
+        config: { type: 'string', short: 'c' },
+        move: { type: 'boolean', default: false },
+        fsync: { type: 'boolean', default: false },
+        quarantine: { type: 'string' },
+        concurrency: { type: 'string' },
+        'log-level': { type: 'string' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    });
+  } catch (e) {
+    fail(`${(e as Error).message} (see --help)`);
+  }
+  const { values, positionals } = parsed;
+  if (values.help) {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  const logger = createLogger({ level: values['log-level'], destination: command === 'serve' ? 1 : 2 });
+  switch (command) {
+    case 'check-config': {
+      const c = load(values.config);
+      process.stdout.write(describeConfig(c));
+      return 0;
+    }
+    case 'anonymize': {
+      if (positionals.length !== 2) fail('anonymize needs INCOMING and OUTGOING folders (see --help)');
+      const [incoming, outgoing] = positionals.map((p) => resolve(p));
+      if (!existsSync(incoming) || !statSync(incoming).isDirectory()) fail(`INCOMING ${incoming} is not a folder`);
+      if (outgoing.startsWith(incoming + '/') || outgoing === incoming) fail('OUTGOING must not be inside INCOMING');
+      const c = load(values.config);
+      const salt = resolveSalt(c, logger);
+      const pipeline = new DeidPipeline(c, salt);
+      const quarantineDir = resolve(values.quarantine ?? join(c.stateDir, 'quarantine'));
+      const summary = await runAnonymize(pipeline, {
+        incoming, outgoing, quarantineDir, move: values.move === true, fsync: values.fsync === true,
+        concurrency: values.concurrency ? Math.max(1, parseInt(values.concurrency, 10) || 1) : 4,
+        progress: process.stderr.isTTY ? process.stderr : undefined, logger,
+      });
+      process.stdout.write(formatSummary(summary) + '\n');
+      if (summary.quarantined) process.stdout.write(`quarantine: ${quarantineDir}\n`);
+      return summary.quarantined ? 1 : 0;
+    }
+    case 'serve': {
+      const { runServe } = await import('./commands/serve');
+      const c = load(values.config);
+      const salt = resolveSalt(c, logger);
+      return runServe(c, salt, logger);
+    }
+    case 'spool': {
+      const { runSpool } = await import('./commands/spool');
+      const c = load(values.config);
+      return runSpool(c, positionals[0]);
+    }
+    default:
+      fail(`unknown command "${command}" (see --help)`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e) => {
+    if (e instanceof ConfigError) fail(e.message, 2);
+    fail(`${(e as Error).message}`, 3);
+  },
+);

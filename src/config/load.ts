@@ -1,0 +1,494 @@
+// Loads configuration from a YAML file, or from a directory holding router.yaml and/or the
+// original script's stations.json + studies.json, validates it with located messages and
+// resolves it to typed objects.
+import { existsSync, readFileSync, statSync } from 'fs';
+import { join, resolve, basename } from 'path';
+import YAML from 'yaml';
+import { lookupTag, parseTagRef, suggestKeywords, isPrivateTag } from '../dicom/dictionary';
+import { checkValue } from '../dicom/values';
+import { KNOWN_VRS, isKnownVr } from '../dicom/vr';
+import { PROFILE_OPTION_NAMES } from '../deid/options';
+import {
+  ACTION_NAMES, ActionName, ActionSpec, ConfigError, DEFAULT_STUDY, DestinationConfig, OffsetSpec,
+  PrivateKeep, RouterConfig, StationConfig, StudyConfig,
+} from './types';
+import type { ProfileOptionName } from '../deid/profile.generated';
+
+type Raw = Record<string, unknown>;
+
+/** Salts that appear in documentation and examples: using one publishes the key. */
+const EXAMPLE_SALTS = new Set(['random_uuid', 'astring', 'changeme', 'change-me', 'change_me', 'salt', 'secret', 'example', 'changethis']);
+
+export function isExampleSalt(s: string): boolean {
+  return s.trim() === '' || EXAMPLE_SALTS.has(s.trim().toLowerCase());
+}
+
+class Problems {
+  list: string[] = [];
+  add(where: string, msg: string): void {
+    this.list.push(`${where}: ${msg}`);
+  }
+}
+
+function isObj(v: unknown): v is Raw {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** JSON has no comments: keys starting with "//" or "_comment" are comments. */
+function isCommentKey(k: string): boolean {
+  return k.startsWith('//') || k.startsWith('_comment');
+}
+
+function readStructured(file: string, p: Problems): Raw | undefined {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    p.add(file, `cannot read: ${(e as Error).message}`);
+    return undefined;
+  }
+  try {
+    const v = file.endsWith('.json') ? JSON.parse(text) : YAML.parse(text);
+    if (v === null || v === undefined) return {};
+    if (!isObj(v)) {
+      p.add(file, 'must contain a mapping at top level');
+      return undefined;
+    }
+    return v;
+  } catch (e) {
+    p.add(file, `not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${(e as Error).message.split('\n')[0]}`);
+    return undefined;
+  }
+}
+
+const ROUTER_KEYS = new Set(['salt', 'saltFile', 'listen', 'destinations', 'defaultDestination', 'stateDir', 'unknownStudy', 'stations', 'studies', 'logLevel']);
+
+export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): RouterConfig {
+  const p = new Problems();
+  const abs = resolve(path);
+  if (!existsSync(abs)) throw new ConfigError([`${path}: no such file or directory`]);
+  let router: Raw = {};
+  let routerName = basename(abs);
+  let stationsRaw: unknown;
+  let studiesRaw: unknown;
+  let stationsName = 'stations';
+  let studiesName = 'studies';
+  const sources: string[] = [];
+  if (statSync(abs).isDirectory()) {
+    const ry = ['router.yaml', 'router.yml'].map((f) => join(abs, f)).find((f) => existsSync(f));
+    if (ry) {
+      router = readStructured(ry, p) ?? {};
+      routerName = basename(ry);
+      sources.push(ry);
+    }
+    for (const [file, set] of [
+      ['stations.json', (v: Raw) => { stationsRaw = v; stationsName = 'stations.json'; }],
+      ['studies.json', (v: Raw) => { studiesRaw = v; studiesName = 'studies.json'; }],
+    ] as const) {
+      const f = join(abs, file);
+      if (existsSync(f)) {
+        const v = readStructured(f, p);
+        if (v) set(v);
+        sources.push(f);
+      }
+    }
+    if (!sources.length) throw new ConfigError([`${path}: holds none of router.yaml, stations.json, studies.json`]);
+  } else {
+    router = readStructured(abs, p) ?? {};
+    sources.push(abs);
+  }
+  for (const k of Object.keys(router)) {
+    if (!ROUTER_KEYS.has(k) && !isCommentKey(k)) p.add(routerName, `unknown key "${k}" (known: ${[...ROUTER_KEYS].join(', ')})`);
+  }
+  if (router.stations !== undefined) {
+    if (stationsRaw !== undefined) p.add(routerName, 'stations are given both here and in stations.json; keep one');
+    stationsRaw = router.stations;
+    stationsName = `${routerName}: stations`;
+  }
+  if (router.studies !== undefined) {
+    if (studiesRaw !== undefined) p.add(routerName, 'studies are given both here and in studies.json; keep one');
+    studiesRaw = router.studies;
+    studiesName = `${routerName}: studies`;
+  }
+
+  const stations = parseStations(stationsRaw, stationsName, p);
+  const studies = parseStudies(studiesRaw, studiesName, p);
+
+  // Router-level keys.
+  let salt: RouterConfig['salt'];
+  if (typeof env.DEID_SALT === 'string' && env.DEID_SALT !== '') salt = { from: 'env', value: env.DEID_SALT };
+  else if (router.salt !== undefined) {
+    if (typeof router.salt !== 'string') p.add(routerName, 'salt: must be a string');
+    else salt = { from: 'config', value: router.salt };
+  }
+  if (salt && isExampleSalt(salt.value)) {
+    p.add(salt.from === 'env' ? 'DEID_SALT' : `${routerName}: salt`, 'is empty or an example value from the documentation; set a long random secret (e.g. `openssl rand -hex 32`), or remove it to have one generated into the state directory');
+  }
+  const saltFile = optString(router, 'saltFile', routerName, p);
+  const stateDir = resolve(optString(router, 'stateDir', routerName, p) ?? './state');
+  const unknownStudy = optString(router, 'unknownStudy', routerName, p) ?? 'default';
+  if (unknownStudy !== 'default' && unknownStudy !== 'quarantine') {
+    p.add(`${routerName}: unknownStudy`, `"${unknownStudy}" is not one of default, quarantine`);
+  }
+  const listen = parseListen(router.listen, `${routerName}: listen`, p);
+  const destinations = parseDestinations(router.destinations, `${routerName}: destinations`, p);
+  let defaultDestination = optString(router, 'defaultDestination', routerName, p);
+  if (!defaultDestination) {
+    if (!destinations.size) destinations.set('outgoing', { type: 'folder', name: 'outgoing', path: resolve('./outgoing') });
+    defaultDestination = destinations.keys().next().value as string;
+  } else if (!destinations.has(defaultDestination)) {
+    p.add(`${routerName}: defaultDestination`, `"${defaultDestination}" is not one of the destinations (${[...destinations.keys()].join(', ') || 'none'})`);
+  }
+  for (const s of studies.values()) {
+    for (const d of s.destinations ?? []) {
+      if (!destinations.has(d)) p.add(`${studiesName}.${s.name}.Destinations`, `"${d}" is not one of the destinations (${[...destinations.keys()].join(', ')})`);
+    }
+  }
+  // Built-in defaults the original script relied on.
+  if (!stations.has('default')) {
+    stations.set('default', { name: 'default', tagForStudy: 0x00181030, split: null, splitIndex: 0, aeTitles: [] });
+  }
+  if (p.list.length) throw new ConfigError(p.list);
+  return {
+    sources, salt, saltFile: saltFile ? resolve(saltFile) : undefined, listen, destinations,
+    defaultDestination, stateDir, unknownStudy: unknownStudy as 'default' | 'quarantine', stations, studies,
+  };
+}
+
+function optString(o: Raw, key: string, where: string, p: Problems): string | undefined {
+  const v = o[key];
+  if (v === undefined || v === null) return undefined;
+  if (typeof v !== 'string') {
+    p.add(`${where}: ${key}`, 'must be a string');
+    return undefined;
+  }
+  return v;
+}
+
+function checkKeys(o: Raw, allowed: readonly string[], where: string, p: Problems): void {
+  for (const k of Object.keys(o)) {
+    if (isCommentKey(k) || allowed.includes(k)) continue;
+    const near = allowed.find((a) => a.toLowerCase() === k.toLowerCase());
+    p.add(`${where}.${k}`, `unknown key${near ? ` (did you mean "${near}"?)` : ` (known: ${allowed.join(', ')})`}`);
+  }
+}
+
+function resolveTag(ref: string, where: string, p: Problems): number | undefined {
+  const tag = parseTagRef(ref);
+  if (tag === undefined) {
+    const near = suggestKeywords(ref);
+    p.add(where, `"${ref}" is not a DICOM keyword or tag${near.length ? ` (did you mean ${near.map((n) => `"${n}"`).join(', ')}?)` : ''}`);
+  }
+  return tag;
+}
+
+const STATION_KEYS = ['TagForStudy', 'Split', 'SplitIndex', 'AETitles'];
+
+function parseStations(raw: unknown, where: string, p: Problems): Map<string, StationConfig> {
+  const out = new Map<string, StationConfig>();
+  if (raw === undefined) return out;
+  if (!isObj(raw)) {
+    p.add(where, 'must be a mapping of station name to station');
+    return out;
+  }
+  for (const [name, v] of Object.entries(raw)) {
+    if (isCommentKey(name)) continue;
+    const w = `${where}.${name}`;
+    if (!isObj(v)) {
+      p.add(w, 'must be a mapping');
+      continue;
+    }
+    checkKeys(v, STATION_KEYS, w, p);
+    const tagRef = v.TagForStudy ?? 'ProtocolName';
+    let tag: number | undefined;
+    if (typeof tagRef !== 'string') p.add(`${w}.TagForStudy`, 'must be a keyword or tag string');
+    else tag = resolveTag(tagRef, `${w}.TagForStudy`, p);
+    const split = v.Split ?? null;
+    if (split !== null && (typeof split !== 'string' || split === '')) p.add(`${w}.Split`, 'must be null or a non-empty string');
+    const idx = v.SplitIndex ?? 0;
+    if (typeof idx !== 'number' || !Number.isInteger(idx)) p.add(`${w}.SplitIndex`, 'must be an integer (negative counts from the end)');
+    const aes = v.AETitles ?? [];
+    if (!Array.isArray(aes) || aes.some((a) => typeof a !== 'string' || a.trim().length === 0 || a.trim().length > 16)) {
+      p.add(`${w}.AETitles`, 'must be a list of AE titles (1 to 16 characters)');
+    }
+    if (tag !== undefined) {
+      out.set(name, {
+        name, tagForStudy: tag, split: typeof split === 'string' ? split : null,
+        splitIndex: typeof idx === 'number' ? idx : 0,
+        aeTitles: Array.isArray(aes) ? aes.filter((a): a is string => typeof a === 'string').map((a) => a.trim()) : [],
+      });
+    }
+  }
+  // One calling AE must identify one station.
+  const seen = new Map<string, string>();
+  for (const s of out.values()) {
+    for (const ae of s.aeTitles) {
+      const k = ae.toUpperCase();
+      const other = seen.get(k);
+      if (other) p.add(`${where}.${s.name}.AETitles`, `"${ae}" is also listed by station ${other}`);
+      seen.set(k, s.name);
+    }
+  }
+  return out;
+}
+
+const STUDY_KEYS = ['RemovePrivateTags', 'AnonymizeTag', 'AnonymizeVR', 'Profile', 'ProfileOptions', 'KeepPrivateTags', 'Destinations', 'salt', 'DateOffset'];
+const RULE_KEYS = ['action', 'salt', 'value', 'entropy_src', 'days', 'seconds', 'range'];
+/** VRs on which `hash` can produce a valid value. */
+const HASHABLE_VRS = new Set(['AE', 'CS', 'LO', 'LT', 'PN', 'SH', 'ST', 'UC', 'UT', 'UI', 'IS', 'DS']);
+
+function parseStudies(raw: unknown, where: string, p: Problems): Map<string, StudyConfig> {
+  const out = new Map<string, StudyConfig>();
+  if (raw === undefined) return out;
+  if (!isObj(raw)) {
+    p.add(where, 'must be a mapping of study name to study');
+    return out;
+  }
+  for (const [name, v] of Object.entries(raw)) {
+    if (isCommentKey(name)) continue;
+    const w = `${where}.${name}`;
+    if (!isObj(v)) {
+      p.add(w, 'must be a mapping');
+      continue;
+    }
+    checkKeys(v, STUDY_KEYS, w, p);
+    const profile = v.Profile ?? 'basic';
+    if (profile !== 'basic' && profile !== 'none') p.add(`${w}.Profile`, `"${String(profile)}" is not one of basic, none`);
+    const options: ProfileOptionName[] = [];
+    const rawOpts = v.ProfileOptions ?? [];
+    if (!Array.isArray(rawOpts)) p.add(`${w}.ProfileOptions`, 'must be a list');
+    else for (const o of rawOpts) {
+      if (typeof o === 'string' && (PROFILE_OPTION_NAMES as readonly string[]).includes(o)) options.push(o as ProfileOptionName);
+      else p.add(`${w}.ProfileOptions`, `"${String(o)}" is not one of ${PROFILE_OPTION_NAMES.join(', ')}`);
+    }
+    if (options.includes('retainLongitudinalFullDates') && options.includes('retainLongitudinalModifiedDates')) {
+      p.add(`${w}.ProfileOptions`, 'retainLongitudinalFullDates and retainLongitudinalModifiedDates exclude each other');
+    }
+    const rpt = v.RemovePrivateTags ?? true;
+    if (typeof rpt !== 'boolean') p.add(`${w}.RemovePrivateTags`, 'must be true or false');
+    const salt = v.salt;
+    if (salt !== undefined && (typeof salt !== 'string' || isExampleSalt(salt))) {
+      p.add(`${w}.salt`, 'must be a secret string, not empty and not an example value');
+    }
+    const dateOffset = v.DateOffset === undefined ? undefined : parseOffset(v.DateOffset, `${w}.DateOffset`, p);
+    if (options.includes('retainLongitudinalModifiedDates') && !dateOffset) {
+      p.add(`${w}.DateOffset`, 'is required with retainLongitudinalModifiedDates (e.g. { range: [-3650, -365] } days per patient)');
+    }
+    const tagRules = new Map<number, ActionSpec>();
+    const at = v.AnonymizeTag ?? {};
+    if (!isObj(at)) p.add(`${w}.AnonymizeTag`, 'must be a mapping of keyword or tag to rule');
+    else for (const [ref, rule] of Object.entries(at)) {
+      if (isCommentKey(ref)) continue;
+      const rw = `${w}.AnonymizeTag.${ref}`;
+      const tag = resolveTag(ref, rw, p);
+      if (tag === undefined) continue;
+      const vr = isPrivateTag(tag) ? undefined : lookupTag(tag)?.vr;
+      const spec = parseRule(rule, rw, vr, dateOffset, p);
+      if (spec) tagRules.set(tag, spec);
+    }
+    const vrRules = new Map<string, ActionSpec>();
+    const av = v.AnonymizeVR ?? {};
+    if (!isObj(av)) p.add(`${w}.AnonymizeVR`, 'must be a mapping of VR to rule');
+    else for (const [vr, rule] of Object.entries(av)) {
+      if (isCommentKey(vr)) continue;
+      const rw = `${w}.AnonymizeVR.${vr}`;
+      if (!isKnownVr(vr)) {
+        p.add(rw, `"${vr}" is not a VR (${KNOWN_VRS.join(' ')})`);
+        continue;
+      }
+      const spec = parseRule(rule, rw, vr, dateOffset, p);
+      if (spec) vrRules.set(vr, spec);
+    }
+    const keepPrivate = parseKeepPrivate(v.KeepPrivateTags, `${w}.KeepPrivateTags`, p);
+    let destinations: string[] | undefined;
+    if (v.Destinations !== undefined) {
+      if (!Array.isArray(v.Destinations) || v.Destinations.some((d) => typeof d !== 'string')) p.add(`${w}.Destinations`, 'must be a list of destination names');
+      else destinations = v.Destinations as string[];
+    }
+    out.set(name, {
+      name, profile: profile === 'none' ? 'none' : 'basic', options, removePrivateTags: rpt !== false,
+      keepPrivate, tagRules, vrRules, salt: typeof salt === 'string' ? salt : undefined, dateOffset, destinations,
+    });
+  }
+  return out;
+}
+
+function parseOffset(v: unknown, where: string, p: Problems): OffsetSpec | undefined {
+  if (!isObj(v)) {
+    p.add(where, 'must be { days: N }, { seconds: N } or { range: [minDays, maxDays] }');
+    return undefined;
+  }
+  checkKeys(v, ['days', 'seconds', 'range'], where, p);
+  if (Array.isArray(v.range)) {
+    const [a, b] = v.range;
+    if (v.range.length !== 2 || !Number.isInteger(a) || !Number.isInteger(b) || (a as number) > (b as number)) {
+      p.add(`${where}.range`, 'must be [minDays, maxDays], integers, min <= max');
+      return undefined;
+    }
+    return { kind: 'perPatient', minDays: a as number, maxDays: b as number };
+  }
+  const days = v.days ?? 0;
+  const seconds = v.seconds ?? 0;
+  if (typeof days !== 'number' || !Number.isInteger(days) || typeof seconds !== 'number' || !Number.isInteger(seconds)) {
+    p.add(where, 'days and seconds must be integers');
+    return undefined;
+  }
+  if (v.days === undefined && v.seconds === undefined) {
+    p.add(where, 'needs days, seconds or range');
+    return undefined;
+  }
+  return { kind: 'fixed', seconds: days * 86400 + seconds };
+}
+
+function parseRule(rule: unknown, where: string, vr: string | undefined, studyOffset: OffsetSpec | undefined, p: Problems): ActionSpec | undefined {
+  if (typeof rule === 'string') rule = { action: rule }; // shorthand: PatientName: clear
+  if (!isObj(rule)) {
+    p.add(where, 'must be a rule such as { "action": "clear" }');
+    return undefined;
+  }
+  checkKeys(rule, RULE_KEYS, where, p);
+  const action = rule.action;
+  if (typeof action !== 'string' || !(ACTION_NAMES as readonly string[]).includes(action)) {
+    p.add(`${where}.action`, `"${String(action)}" is not one of ${ACTION_NAMES.join(', ')}`);
+    return undefined;
+  }
+  const spec: ActionSpec = { action: action as ActionName };
+  const vrName = vr ?? 'unknown';
+  switch (spec.action) {
+    case 'hash':
+      if (vr && !HASHABLE_VRS.has(vr)) p.add(`${where}.action`, `hash cannot give a valid ${vr} value; use clear, delete, value${vr === 'DA' || vr === 'DT' || vr === 'TM' ? ' or offset' : ''}`);
+      break;
+    case 'regen':
+      if (vr && vr !== 'UI') p.add(`${where}.action`, `regen applies to UIDs (VR UI), not ${vrName}`);
+      break;
+    case 'offset':
+      if (vr && vr !== 'DA' && vr !== 'DT' && vr !== 'TM') p.add(`${where}.action`, `offset applies to DA, DT and TM, not ${vrName}`);
+      break;
+    case 'value':
+      if (rule.value !== undefined && rule.value !== null) {
+        if (typeof rule.value !== 'string' && typeof rule.value !== 'number') p.add(`${where}.value`, 'must be a string');
+        else {
+          spec.value = String(rule.value);
+          if (vr) {
+            const why = checkValue(vr, spec.value);
+            if (why) p.add(`${where}.value`, why);
+          }
+        }
+      }
+      break;
+    default:
+      break;
+  }
+  if (rule.salt !== undefined) {
+    if (typeof rule.salt !== 'string' || isExampleSalt(rule.salt)) p.add(`${where}.salt`, 'must be a secret string, not empty and not an example value such as "astring"');
+    else spec.salt = rule.salt;
+  }
+  if (rule.entropy_src !== undefined) {
+    const src = Array.isArray(rule.entropy_src) ? rule.entropy_src : [rule.entropy_src];
+    spec.entropySrc = [];
+    for (const s of src) {
+      const t = typeof s === 'string' ? resolveTag(s, `${where}.entropy_src`, p) : undefined;
+      if (typeof s !== 'string') p.add(`${where}.entropy_src`, 'must be a keyword or a list of keywords');
+      if (t !== undefined) spec.entropySrc.push(t);
+    }
+  }
+  if (rule.days !== undefined || rule.seconds !== undefined || rule.range !== undefined) {
+    const o: Raw = {};
+    for (const k of ['days', 'seconds', 'range']) if (rule[k] !== undefined) o[k] = rule[k];
+    spec.offset = parseOffset(o, where, p);
+  }
+  if (spec.action === 'offset' && !spec.offset && !studyOffset) {
+    p.add(where, 'offset needs days, seconds or range here, or a DateOffset on the study');
+  }
+  return spec;
+}
+
+function parseKeepPrivate(v: unknown, where: string, p: Problems): PrivateKeep[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v)) {
+    p.add(where, 'must be a list of "CREATOR" or "CREATOR:(gggg,xxee)" entries');
+    return [];
+  }
+  const byCreator = new Map<string, PrivateKeep>();
+  for (const e of v) {
+    const m = typeof e === 'string' ? /^(.+?)(?::\(?([0-9A-Fa-f]{4}),?xx([0-9A-Fa-f]{2})\)?)?$/.exec(e.trim()) : null;
+    if (!m) {
+      p.add(where, `"${String(e)}" is not "CREATOR" or "CREATOR:(gggg,xxee)"`);
+      continue;
+    }
+    const creator = m[1].trim();
+    const k = byCreator.get(creator) ?? { creator, elements: [] };
+    if (m[2]) {
+      const group = parseInt(m[2], 16);
+      if ((group & 1) === 0) p.add(where, `"${e}": group ${m[2]} is not a private (odd) group`);
+      k.elements.push((group << 8) | parseInt(m[3], 16));
+    } else k.elements = [];
+    byCreator.set(creator, k);
+  }
+  return [...byCreator.values()];
+}
+
+function parseListen(v: unknown, where: string, p: Problems): RouterConfig['listen'] {
+  const d = { aeTitle: 'DEID_ROUTER', host: '127.0.0.1', port: 11112, allowUnknownCallers: false };
+  if (v === undefined) return d;
+  if (!isObj(v)) {
+    p.add(where, 'must be a mapping');
+    return d;
+  }
+  checkKeys(v, ['aeTitle', 'host', 'port', 'allowUnknownCallers'], where, p);
+  const ae = v.aeTitle ?? d.aeTitle;
+  if (typeof ae !== 'string' || !ae.trim() || ae.trim().length > 16) p.add(`${where}.aeTitle`, 'must be 1 to 16 characters');
+  const host = v.host ?? d.host;
+  if (typeof host !== 'string') p.add(`${where}.host`, 'must be an address such as 127.0.0.1 or 0.0.0.0');
+  const port = v.port ?? d.port;
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535) p.add(`${where}.port`, 'must be a port number');
+  const allow = v.allowUnknownCallers ?? false;
+  if (typeof allow !== 'boolean') p.add(`${where}.allowUnknownCallers`, 'must be true or false');
+  return { aeTitle: String(ae).trim(), host: String(host), port: Number(port), allowUnknownCallers: allow === true };
+}
+
+function parseDestinations(v: unknown, where: string, p: Problems): Map<string, DestinationConfig> {
+  const out = new Map<string, DestinationConfig>();
+  if (v === undefined) return out;
+  if (!isObj(v)) {
+    p.add(where, 'must be a mapping of name to destination');
+    return out;
+  }
+  for (const [name, d] of Object.entries(v)) {
+    if (isCommentKey(name)) continue;
+    const w = `${where}.${name}`;
+    if (!isObj(d)) {
+      p.add(w, 'must be a mapping');
+      continue;
+    }
+    if (d.type === 'folder') {
+      checkKeys(d, ['type', 'path'], w, p);
+      if (typeof d.path !== 'string' || !d.path) p.add(`${w}.path`, 'must be a folder path');
+      else out.set(name, { type: 'folder', name, path: resolve(d.path) });
+    } else if (d.type === 'dicom') {
+      checkKeys(d, ['type', 'aeTitle', 'host', 'port', 'callingAeTitle', 'maxAssociations', 'tls'], w, p);
+      const ok = (k: string, test: boolean, msg: string) => { if (!test) p.add(`${w}.${k}`, msg); return test; };
+      const good = [
+        ok('aeTitle', typeof d.aeTitle === 'string' && d.aeTitle.trim().length > 0 && d.aeTitle.trim().length <= 16, 'must be 1 to 16 characters'),
+        ok('host', typeof d.host === 'string' && d.host.length > 0, 'must be a host name or address'),
+        ok('port', typeof d.port === 'number' && Number.isInteger(d.port) && d.port > 0 && d.port < 65536, 'must be a port number'),
+        ok('callingAeTitle', d.callingAeTitle === undefined || (typeof d.callingAeTitle === 'string' && d.callingAeTitle.length <= 16), 'must be 1 to 16 characters'),
+        ok('maxAssociations', d.maxAssociations === undefined || (Number.isInteger(d.maxAssociations) && (d.maxAssociations as number) >= 1), 'must be a positive integer'),
+        ok('tls', d.tls === undefined || isObj(d.tls), 'must be a mapping with ca, cert, key, rejectUnauthorized'),
+      ].every(Boolean);
+      if (good) {
+        out.set(name, {
+          type: 'dicom', name, aeTitle: (d.aeTitle as string).trim(), host: d.host as string, port: d.port as number,
+          callingAeTitle: ((d.callingAeTitle as string | undefined) ?? 'DEID_ROUTER').trim(),
+          maxAssociations: (d.maxAssociations as number | undefined) ?? 2,
+          tls: d.tls as DestinationConfig extends { tls?: infer T } ? T : never,
+        });
+      }
+    } else {
+      p.add(`${w}.type`, `"${String(d.type)}" is not one of folder, dicom`);
+    }
+  }
+  return out;
+}
+
+export { DEFAULT_STUDY };

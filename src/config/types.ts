@@ -1,0 +1,89 @@
+// The resolved, validated configuration. Nothing outside src/config reads raw config.
+import type { ProfileOptionName } from '../deid/profile.generated';
+
+export const ACTION_NAMES = ['delete', 'clear', 'hash', 'keep', 'value', 'offset', 'regen'] as const;
+export type ActionName = (typeof ACTION_NAMES)[number];
+
+/** A date shift: fixed, or per patient within [minDays, maxDays] derived from salt and PatientID. */
+export type OffsetSpec =
+  | { kind: 'fixed'; seconds: number }
+  | { kind: 'perPatient'; minDays: number; maxDays: number };
+
+export interface ActionSpec {
+  action: ActionName;
+  /** hash/regen: salt of this rule (beats the study's, which beats the global one). */
+  salt?: string;
+  /** value: the replacement text (undefined: zero-length, as the original did with None). */
+  value?: string;
+  /** regen: tags whose original values are mixed into the new UID. */
+  entropySrc?: number[];
+  /** offset: the shift of this rule (else the study's DateOffset). */
+  offset?: OffsetSpec;
+}
+
+/** Private elements a study keeps: a whole creator's block, or single elements of it. */
+export interface PrivateKeep {
+  creator: string;
+  /** (group << 8 | element-low-byte) of kept elements, e.g. 0x002910 for (0029,xx10); empty: all. */
+  elements: number[];
+}
+
+export interface StationConfig {
+  name: string;
+  tagForStudy: number;
+  split: string | null;
+  splitIndex: number;
+  aeTitles: string[];
+}
+
+export interface StudyConfig {
+  name: string;
+  /** basic: PS3.15 Annex E Basic Profile below the study's rules; none: only the study's rules. */
+  profile: 'basic' | 'none';
+  options: ProfileOptionName[];
+  removePrivateTags: boolean;
+  keepPrivate: PrivateKeep[];
+  tagRules: Map<number, ActionSpec>;
+  vrRules: Map<string, ActionSpec>;
+  salt?: string;
+  dateOffset?: OffsetSpec;
+  destinations?: string[];
+}
+
+export interface FolderDestinationConfig { type: 'folder'; name: string; path: string }
+export interface DicomDestinationConfig {
+  type: 'dicom';
+  name: string;
+  aeTitle: string;
+  host: string;
+  port: number;
+  callingAeTitle: string;
+  maxAssociations: number;
+  tls?: { ca?: string; cert?: string; key?: string; rejectUnauthorized?: boolean };
+}
+export type DestinationConfig = FolderDestinationConfig | DicomDestinationConfig;
+
+export interface ListenConfig { aeTitle: string; host: string; port: number; allowUnknownCallers: boolean }
+
+export interface RouterConfig {
+  /** Where the configuration came from, for messages. */
+  sources: string[];
+  salt?: { from: 'config' | 'env' | 'file'; value: string };
+  saltFile?: string;
+  listen: ListenConfig;
+  destinations: Map<string, DestinationConfig>;
+  defaultDestination: string;
+  stateDir: string;
+  unknownStudy: 'default' | 'quarantine';
+  stations: Map<string, StationConfig>;
+  studies: Map<string, StudyConfig>;
+}
+
+export const DEFAULT_STUDY = 'Supplement142';
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`configuration has ${problems.length} error${problems.length === 1 ? '' : 's'}:\n  ${problems.join('\n  ')}`);
+    this.name = 'ConfigError';
+  }
+}

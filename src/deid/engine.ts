@@ -1,0 +1,362 @@
+// The de-identification engine: a pure function of (encoded object, study plan). It never
+// touches files or sockets; the batch command and the storage SCP both call it. Elements that the
+// plan keeps are carried over as the same objects (same value slices), so they are written back
+// byte for byte; pixel data is never decoded.
+import { createHmac } from 'crypto';
+import { DicomObject, Element, Item, elementString, findElement } from '../dicom/dataset';
+import { isPrivateCreator, isPrivateTag, lookupTag } from '../dicom/dictionary';
+import { encodeString, encodeValue } from '../dicom/values';
+import { BINARY_SIZE, MAX_LENGTH, isStringVr } from '../dicom/vr';
+import { IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, isStandardUid } from '../dicom/uids';
+import { DATE_TIME_PAIRS, TIME_DATE_PAIRS, offsetSeconds, shiftDate, shiftDateTime, shiftTime } from './dates';
+import type { Op, StudyPlan } from './plan';
+import type { OffsetSpec } from '../config/types';
+
+export class DeidError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'DeidError';
+  }
+}
+
+const T = {
+  SpecificCharacterSet: 0x00080005,
+  SOPClassUID: 0x00080016,
+  SOPInstanceUID: 0x00080018,
+  PatientID: 0x00100020,
+  StudyInstanceUID: 0x0020000d,
+  SeriesInstanceUID: 0x0020000e,
+  PatientIdentityRemoved: 0x00120062,
+  DeidentificationMethod: 0x00120063,
+  DeidentificationMethodCodeSequence: 0x00120064,
+  LongitudinalTemporalInformationModified: 0x00280303,
+  CodeValue: 0x00080100,
+  CodingSchemeDesignator: 0x00080102,
+  CodeMeaning: 0x00080104,
+} as const;
+
+/** Per-image state the operations need: values of the original top-level dataset. */
+interface Ctx {
+  plan: StudyPlan;
+  charset: string | undefined;
+  top: readonly Element[];
+  /** Date offset per (spec) for this image's patient, computed once. */
+  offsets: Map<OffsetSpec, number>;
+  /** Identifying tokens of this patient, for the clean operation (built on first use). */
+  tokens?: string[];
+  syntaxLE: boolean;
+}
+
+/** De-identifies one object with a study's plan. Returns a new object; the input is not changed. */
+export function deidentify(obj: DicomObject, plan: StudyPlan): DicomObject {
+  const ctx: Ctx = {
+    plan,
+    charset: elementString(findElement(obj.dataset, T.SpecificCharacterSet)),
+    top: obj.dataset,
+    offsets: new Map(),
+    syntaxLE: obj.syntax.littleEndian,
+  };
+  const dataset = addMethodAttributes(processElements(obj.dataset, ctx), ctx, obj);
+  const sopClass = elementString(findElement(dataset, T.SOPClassUID)) ?? elementString(findElement(obj.meta, 0x00020002));
+  const sopInstance = elementString(findElement(dataset, T.SOPInstanceUID));
+  const meta: Element[] = [
+    { tag: 0x00020001, vr: 'OB', value: Buffer.from([0, 1]), undefinedLength: false },
+  ];
+  if (sopClass) meta.push(str(0x00020002, 'UI', sopClass));
+  if (sopInstance) meta.push(str(0x00020003, 'UI', sopInstance));
+  meta.push(str(0x00020010, 'UI', obj.transferSyntaxUid));
+  meta.push(str(0x00020012, 'UI', IMPLEMENTATION_CLASS_UID));
+  meta.push(str(0x00020013, 'SH', IMPLEMENTATION_VERSION_NAME));
+  return { ...obj, meta, dataset, hadMeta: true };
+}
+
+function str(tag: number, vr: string, text: string, charset?: string): Element {
+  return { tag, vr, value: encodeString(vr, text, charset), undefinedLength: false };
+}
+
+function processElements(elements: readonly Element[], ctx: Ctx): Element[] {
+  const out: Element[] = [];
+  // Private creators of this item: block (group<<8|xx) -> creator name.
+  let creators: Map<number, string> | undefined;
+  for (const el of elements) {
+    const tag = el.tag;
+    const group = tag >>> 16;
+    if ((tag & 0xffff) === 0 || tag === 0xfffcfffc) continue; // group lengths, trailing padding: recomputed/dropped
+    if (isPrivateTag(tag)) {
+      if (group <= 0x0007) continue; // groups 1, 3, 5, 7 may not be used at all
+      if (!creators) creators = privateCreators(elements);
+      const kept = keepPrivate(el, creators, ctx.plan);
+      if (kept) out.push(el.items ? { ...el, items: processItems(el.items, ctx) } : el);
+      continue;
+    }
+    const op = resolveOp(el, ctx.plan);
+    const r = applyOp(el, op, elements, ctx);
+    if (r) out.push(r);
+  }
+  return out;
+}
+
+function processItems(items: readonly Item[], ctx: Ctx): Item[] {
+  return items.map((it) => ({ elements: processElements(it.elements, ctx), undefinedLength: it.undefinedLength }));
+}
+
+/** VR the value really has: the dictionary's when the element came as UN. */
+function effectiveVr(el: Element): string {
+  if (el.vr !== 'UN' || el.items) return el.items ? 'SQ' : el.vr;
+  const d = lookupTag(el.tag)?.vr;
+  return d && d !== 'SQ' ? d : 'UN';
+}
+
+/** Attributes a VR-wide rule must not touch: breaking them would break the image itself. */
+function exemptFromVrRules(tag: number): boolean {
+  const group = tag >>> 16;
+  return tag === T.SpecificCharacterSet || tag === T.SOPClassUID || group === 0x0028 || group === 0x7fe0 || group === 0x0002;
+}
+
+export function resolveOp(el: Element, plan: StudyPlan): Op {
+  const tagOp = plan.tagOps.get(el.tag);
+  if (tagOp) return tagOp;
+  const vr = effectiveVr(el);
+  if (!exemptFromVrRules(el.tag)) {
+    const vrOp = plan.vrOps.get(vr);
+    if (vrOp) return vrOp;
+  }
+  if (plan.basicProfile) {
+    const base = plan.baseOps.get(el.tag);
+    if (base) return base;
+    for (const [mask, value, op] of plan.repeatingOps) if (((el.tag & mask) >>> 0) === value) return op;
+    // Safety net beyond Table E.1-1: a person's name in an attribute the table does not list
+    // (newer attributes, SR content) is still a person's name.
+    if (vr === 'PN') return { op: 'clear' };
+  }
+  return el.items ? { op: 'recurse' } : { op: 'keep' };
+}
+
+function applyOp(el: Element, op: Op, siblings: readonly Element[], ctx: Ctx): Element | undefined {
+  const vr = effectiveVr(el);
+  if (el.items) {
+    // Sequences: remove, empty, or keep and de-identify every item.
+    if (op.op === 'delete') return undefined;
+    if (op.op === 'clear') return { ...el, items: [] };
+    return { ...el, items: processItems(el.items, ctx) };
+  }
+  switch (op.op) {
+    case 'keep':
+    case 'recurse':
+      return el;
+    case 'delete':
+      return undefined;
+    case 'clear':
+      return withValue(el, EMPTY);
+    case 'dummy':
+      if (vr === 'UI') return mapUids(el, ctx.plan.uidKey, undefined, ctx);
+      return withValue(el, dummyValue(vr, ctx));
+    case 'value':
+      if (op.text === undefined || op.text === '') return withValue(el, EMPTY);
+      return withValue(el, isStringVr(vr) ? encodeString(vr, op.text, ctx.charset) : encodeValue(vr, op.text, { explicit: true, littleEndian: ctx.syntaxLE }, ctx.charset));
+    case 'hash':
+      return hashElement(el, vr, op.key, ctx);
+    case 'regen':
+      if (vr !== 'UI') return withValue(el, EMPTY);
+      return mapUids(el, op.key, op.entropy, ctx);
+    case 'offset':
+      return offsetElement(el, vr, op.offset, op.key, siblings, ctx);
+    case 'clean':
+      return cleanElement(el, vr, ctx);
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+
+function withValue(el: Element, value: Buffer): Element {
+  return { tag: el.tag, vr: el.vr, value, undefinedLength: false };
+}
+
+function text(el: Element): string {
+  return elementString(el) ?? '';
+}
+
+const DUMMY_TEXT = 'ANONYMIZED';
+
+function dummyValue(vr: string, ctx: Ctx): Buffer {
+  switch (vr) {
+    case 'DA': return encodeString(vr, '19000101');
+    case 'TM': return encodeString(vr, '000000');
+    case 'DT': return encodeString(vr, '19000101000000');
+    case 'AS': return encodeString(vr, '000Y');
+    case 'DS': case 'IS': return encodeString(vr, '0');
+    case 'AE': case 'CS': case 'SH': case 'LO': case 'LT': case 'ST': case 'UT': case 'UC': case 'PN':
+      return encodeString(vr, DUMMY_TEXT, ctx.charset);
+    case 'UR': return encodeString(vr, '');
+    default: {
+      const size = BINARY_SIZE[vr];
+      return size ? Buffer.alloc(size) : EMPTY; // zeros of the VR's size; OB/OW/UN: empty
+    }
+  }
+}
+
+/** Keyed, deterministic UID mapping: the same original UID gives the same 2.25 UID in every file,
+ * process and machine that shares the key. UIDs defined by the standard are left alone. */
+export function mapUid(uid: string, key: Buffer, entropy: string | undefined, plan: StudyPlan): string {
+  if (uid === '' || isStandardUid(uid)) return uid;
+  const cacheable = key === plan.uidKey && entropy === undefined;
+  if (cacheable) {
+    const hit = plan.uidCache.get(uid);
+    if (hit) return hit;
+  }
+  const h = createHmac('sha256', key).update(uid);
+  if (entropy !== undefined) h.update('\0').update(entropy);
+  const d = h.digest();
+  // 2.25 takes a UUID as one integer (ISO/IEC 9834-8): 128 bits, no leading zeros.
+  const n = BigInt('0x' + d.subarray(0, 16).toString('hex'));
+  const out = `2.25.${n.toString(10)}`;
+  if (cacheable) plan.uidCache.set(uid, out);
+  return out;
+}
+
+function mapUids(el: Element, key: Buffer, entropyTags: number[] | undefined, ctx: Ctx): Element {
+  const v = text(el);
+  if (!v) return el;
+  let entropy: string | undefined;
+  if (entropyTags?.length) entropy = entropyTags.map((t) => elementString(findElement(ctx.top, t)) ?? '').join('\\');
+  const mapped = v.split('\\').map((u) => mapUid(u.trim().replace(/\0/g, ''), key, entropy, ctx.plan)).join('\\');
+  return withValue(el, encodeString('UI', mapped));
+}
+
+function hashElement(el: Element, vr: string, key: Buffer, ctx: Ctx): Element {
+  const raw = el.value;
+  if (!raw || raw.length === 0) return el;
+  if (vr === 'UI') return mapUids(el, key, undefined, ctx);
+  const single = vr === 'LT' || vr === 'ST' || vr === 'UT';
+  const values = single ? [text(el)] : text(el).split('\\');
+  const out = values.map((v) => {
+    const s = v.trim();
+    if (!s) return '';
+    const d = createHmac('sha256', key).update(s, 'latin1').digest();
+    if (vr === 'IS' || vr === 'DS') return (d.readUIntBE(0, 6) % 1e11).toString(10);
+    const width = Math.min(MAX_LENGTH[vr] ?? 64, vr === 'SH' || vr === 'CS' || vr === 'AE' ? 16 : 32);
+    return d.toString('hex').toUpperCase().slice(0, width);
+  });
+  return withValue(el, encodeString(vr, out.join('\\')));
+}
+
+function patientOffset(spec: OffsetSpec, key: Buffer, ctx: Ctx): number {
+  let s = ctx.offsets.get(spec);
+  if (s === undefined) {
+    s = offsetSeconds(spec, key, elementString(findElement(ctx.top, T.PatientID)) ?? '');
+    ctx.offsets.set(spec, s);
+  }
+  return s;
+}
+
+/** Shifts DA/DT/TM. A value we cannot parse is removed, never passed through unshifted. */
+function offsetElement(el: Element, vr: string, spec: OffsetSpec, key: Buffer, siblings: readonly Element[], ctx: Ctx): Element | undefined {
+  const v = text(el);
+  if (!v) return el;
+  const secs = patientOffset(spec, key, ctx);
+  const shift = (part: string): string | undefined => {
+    if (vr === 'DA') {
+      const tmTag = DATE_TIME_PAIRS.get(el.tag);
+      const tm = tmTag !== undefined ? elementString(findElement(siblings, tmTag)) : undefined;
+      return shiftDate(part, secs, tm);
+    }
+    if (vr === 'TM') return shiftTime(part, secs);
+    if (vr === 'DT') return shiftDateTime(part, secs);
+    return undefined;
+  };
+  const parts = v.split('\\').map(shift);
+  if (parts.some((p) => p === undefined)) return withValue(el, EMPTY);
+  return withValue(el, encodeString(vr, parts.join('\\')));
+}
+
+// A TM is shifted as the time of day of the shifted moment; its date is shifted with it above.
+void TIME_DATE_PAIRS;
+
+/** Clean: keep descriptive text but blank out this patient's identifying tokens found in it. */
+function cleanElement(el: Element, vr: string, ctx: Ctx): Element {
+  if (!isStringVr(vr) || vr === 'UI' || !el.value) return el;
+  if (!ctx.tokens) ctx.tokens = identifyingTokens(ctx.top);
+  let v = el.value.toString('latin1');
+  let changed = false;
+  for (const t of ctx.tokens) {
+    const re = new RegExp(t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'), 'gi');
+    if (re.test(v)) {
+      v = v.replace(re, '*'.repeat(t.length));
+      changed = true;
+    }
+  }
+  return changed ? withValue(el, Buffer.from(v, 'latin1')) : el;
+}
+
+function identifyingTokens(top: readonly Element[]): string[] {
+  const tokens = new Set<string>();
+  const add = (s: string | undefined, split: boolean) => {
+    if (!s) return;
+    for (const p of split ? s.split(/[\^=\\ ,]+/) : [s]) if (p.trim().length >= 3) tokens.add(p.trim());
+  };
+  for (const tag of [0x00100010, 0x00101001, 0x00101060, 0x00080090, 0x00081050, 0x00081060, 0x00081070]) add(elementString(findElement(top, tag)), true);
+  for (const tag of [0x00100020, 0x00101000, 0x00080050, 0x00100030, 0x00101040, 0x00102154]) add(elementString(findElement(top, tag)), false);
+  return [...tokens].sort((a, b) => b.length - a.length);
+}
+
+function privateCreators(elements: readonly Element[]): Map<number, string> {
+  const m = new Map<number, string>();
+  for (const e of elements) {
+    if (isPrivateCreator(e.tag)) m.set(((e.tag >>> 16) << 8) | (e.tag & 0xff), elementString(e) ?? '');
+  }
+  return m;
+}
+
+function keepPrivate(el: Element, creators: Map<number, string>, plan: StudyPlan): boolean {
+  if (!plan.removePrivate) return true;
+  if (!plan.keepPrivate.length) return false;
+  const group = el.tag >>> 16;
+  if (isPrivateCreator(el.tag)) {
+    const name = elementString(el) ?? '';
+    return plan.keepPrivate.some((k) => k.creator === name);
+  }
+  const elNo = el.tag & 0xffff;
+  if (elNo < 0x1000) return false; // (gggg,0001-000F) and unowned elements
+  const creator = creators.get((group << 8) | (elNo >>> 8));
+  if (creator === undefined) return false;
+  const rule = plan.keepPrivate.find((k) => k.creator === creator);
+  if (!rule) return false;
+  return rule.elements.length === 0 || rule.elements.includes((group << 8) | (elNo & 0xff));
+}
+
+/** PS3.15 E.1.1: record that and how the object was de-identified. */
+function addMethodAttributes(dataset: Element[], ctx: Ctx, obj: DicomObject): Element[] {
+  const plan = ctx.plan;
+  const add: Element[] = [];
+  if (plan.basicProfile) add.push(str(T.PatientIdentityRemoved, 'CS', 'YES'));
+  add.push({ tag: T.DeidentificationMethod, vr: 'LO', value: encodeString('LO', plan.methodText.join('\\')), undefinedLength: false });
+  if (plan.methodCodes.length) {
+    add.push({
+      tag: T.DeidentificationMethodCodeSequence, vr: 'SQ', value: null, undefinedLength: false,
+      items: plan.methodCodes.map(([code, meaning]) => ({
+        undefinedLength: false,
+        elements: [str(T.CodeValue, 'SH', code), str(T.CodingSchemeDesignator, 'SH', 'DCM'), str(T.CodeMeaning, 'LO', meaning)],
+      })),
+    });
+  }
+  if (plan.basicProfile) add.push(str(T.LongitudinalTemporalInformationModified, 'CS', plan.longitudinal));
+  if (!obj.syntax.explicit) for (const a of add) a.vr = lookupTag(a.tag)?.vr ?? a.vr;
+  const replace = new Set(add.map((a) => a.tag));
+  const merged = dataset.filter((e) => !replace.has(e.tag));
+  for (const a of add) {
+    let i = merged.findIndex((e) => e.tag > a.tag);
+    if (i < 0) i = merged.length;
+    merged.splice(i, 0, a);
+  }
+  return merged;
+}
+
+/** New identifying UIDs of a de-identified object, for paths and logs. */
+export function objectUids(obj: DicomObject): { sopClassUid?: string; sopInstanceUid?: string; studyInstanceUid?: string; seriesInstanceUid?: string } {
+  return {
+    sopClassUid: elementString(findElement(obj.dataset, T.SOPClassUID)),
+    sopInstanceUid: elementString(findElement(obj.dataset, T.SOPInstanceUID)),
+    studyInstanceUid: elementString(findElement(obj.dataset, T.StudyInstanceUID)),
+    seriesInstanceUid: elementString(findElement(obj.dataset, T.SeriesInstanceUID)),
+  };
+}

@@ -1,0 +1,165 @@
+// Compiles a study's configuration, on top of the PS3.15 Annex E Basic Profile and its options,
+// into a plan: per tag and per VR, the one operation the engine applies.
+import { createHash, createHmac } from 'crypto';
+import { LRUCache } from 'lru-cache';
+import { lookupTag } from '../dicom/dictionary';
+import type { ActionSpec, OffsetSpec, PrivateKeep, StudyConfig } from '../config/types';
+import { PROFILE_ROWS, PS315_EDITION, ProfileOptionName } from './profile.generated';
+import { CID7050 } from './options';
+
+export type Op =
+  | { op: 'keep' }
+  | { op: 'recurse' } // keep a sequence, de-identify its items with the same plan
+  | { op: 'delete' }
+  | { op: 'clear' }
+  | { op: 'dummy' }
+  | { op: 'clean' } // keep text, scrub identifying tokens of this patient out of it
+  | { op: 'value'; text?: string }
+  | { op: 'hash'; key: Buffer }
+  | { op: 'regen'; key: Buffer; entropy?: number[] }
+  | { op: 'offset'; offset: OffsetSpec; key: Buffer };
+
+export interface StudyPlan {
+  studyName: string;
+  basicProfile: boolean;
+  tagOps: Map<number, Op>;
+  vrOps: Map<string, Op>;
+  baseOps: Map<number, Op>;
+  /** Repeating-group rows (50xx curves, 60xx overlays): [mask, value, op]. */
+  repeatingOps: Array<[number, number, Op]>;
+  removePrivate: boolean;
+  keepPrivate: PrivateKeep[];
+  /** Key of the keyed UID map (study salt, else global). */
+  uidKey: Buffer;
+  uidCache: LRUCache<string, string>;
+  methodCodes: Array<readonly [string, string]>;
+  methodText: string[];
+  longitudinal: 'REMOVED' | 'MODIFIED' | 'UNMODIFIED';
+  options: ProfileOptionName[];
+}
+
+/** Derives a key for one purpose from a secret, so the same salt never keys two different uses. */
+export function deriveKey(secret: string, purpose: string): Buffer {
+  return createHmac('sha256', secret).update(`dicom-deid-router:${purpose}`).digest();
+}
+
+/** Option columns in the order in which one wins when several selected options name a row. */
+const OPTION_ORDER: ProfileOptionName[] = [
+  'retainUIDs', 'retainLongitudinalFullDates', 'retainLongitudinalModifiedDates', 'retainPatientCharacteristics',
+  'retainDeviceIdentity', 'retainInstitutionIdentity', 'cleanStructuredContent', 'cleanGraphics', 'cleanDescriptors',
+];
+
+export function compilePlan(study: StudyConfig, globalSalt: string): StudyPlan {
+  const studySecret = study.salt ?? globalSalt;
+  const uidKey = deriveKey(studySecret, 'uid');
+  const offsetKey = deriveKey(studySecret, 'date-offset');
+  const hashKey = deriveKey(studySecret, 'hash');
+  const basic = study.profile === 'basic';
+  const opts = new Set(study.options);
+
+  const fromSpec = (spec: ActionSpec): Op => {
+    switch (spec.action) {
+      case 'delete': return { op: 'delete' };
+      case 'clear': return { op: 'clear' };
+      case 'keep': return { op: 'keep' };
+      case 'value': return { op: 'value', text: spec.value };
+      case 'hash': return { op: 'hash', key: spec.salt ? deriveKey(spec.salt, 'hash') : hashKey };
+      case 'regen': return { op: 'regen', key: spec.salt ? deriveKey(spec.salt, 'uid') : uidKey, entropy: spec.entropySrc };
+      case 'offset': {
+        const offset = spec.offset ?? study.dateOffset;
+        if (!offset) throw new Error(`offset rule without an offset in study ${study.name}`);
+        return { op: 'offset', offset, key: spec.salt ? deriveKey(spec.salt, 'date-offset') : offsetKey };
+      }
+    }
+  };
+
+  const tagOps = new Map<number, Op>();
+  for (const [tag, spec] of study.tagRules) tagOps.set(tag, fromSpec(spec));
+  const vrOps = new Map<string, Op>();
+  for (const [vr, spec] of study.vrRules) vrOps.set(vr, fromSpec(spec));
+
+  const baseOps = new Map<number, Op>();
+  const repeatingOps: Array<[number, number, Op]> = [];
+  if (basic) {
+    for (const row of PROFILE_ROWS) {
+      let code = row.basic;
+      let viaOption: ProfileOptionName | undefined;
+      for (const o of OPTION_ORDER) {
+        const c = row.options[o];
+        if (opts.has(o) && c) {
+          code = c;
+          viaOption = o;
+          break;
+        }
+      }
+      if (row.tag.includes('x')) {
+        const mask = parseInt(row.tag.replace(/[0-9A-F]/g, 'F').replace(/x/g, '0'), 16) >>> 0;
+        const value = parseInt(row.tag.replace(/x/g, '0'), 16) >>> 0;
+        repeatingOps.push([mask, value, profileOp(code, undefined, viaOption, study, offsetKey, uidKey)]);
+        continue;
+      }
+      const tag = parseInt(row.tag, 16) >>> 0;
+      baseOps.set(tag, profileOp(code, lookupTag(tag)?.vr, viaOption, study, offsetKey, uidKey));
+    }
+  }
+
+  const methodCodes: Array<readonly [string, string]> = [];
+  const methodText: string[] = [];
+  if (basic) {
+    methodCodes.push(CID7050.basic);
+    methodText.push(`PS3.15 ${PS315_EDITION} Basic Application Confidentiality Profile`);
+    for (const o of study.options) methodCodes.push(CID7050[o]);
+  }
+  methodText.push(`dicom-deid-router rules of study ${study.name}`.slice(0, 64));
+
+  let longitudinal: StudyPlan['longitudinal'] = 'REMOVED';
+  if (opts.has('retainLongitudinalFullDates')) longitudinal = 'UNMODIFIED';
+  if (opts.has('retainLongitudinalModifiedDates')) longitudinal = 'MODIFIED';
+  for (const op of [...tagOps.values(), ...vrOps.values()]) if (op.op === 'offset') longitudinal = 'MODIFIED';
+
+  return {
+    studyName: study.name, basicProfile: basic, tagOps, vrOps, baseOps, repeatingOps,
+    removePrivate: study.removePrivateTags, keepPrivate: study.keepPrivate, uidKey,
+    uidCache: new LRUCache<string, string>({ max: 200_000 }),
+    methodCodes, methodText, longitudinal, options: study.options,
+  };
+}
+
+/** Maps one Annex E action code to an operation. Combined codes (X/Z, X/D, Z/D, X/Z/D) depend on
+ * the attribute's type in the IOD, which we do not know per IOD: we pick the one that keeps every
+ * IOD valid (a dummy satisfies type 1, zero length type 2), never one that keeps data. */
+function profileOp(code: string, vr: string | undefined, viaOption: ProfileOptionName | undefined, study: StudyConfig, offsetKey: Buffer, uidKey: Buffer): Op {
+  const sq = vr === 'SQ';
+  switch (code) {
+    case 'K':
+      return sq ? { op: 'recurse' } : { op: 'keep' };
+    case 'X':
+      return { op: 'delete' };
+    case 'Z':
+    case 'X/Z':
+      return { op: 'clear' };
+    case 'D':
+    case 'X/D':
+    case 'Z/D':
+    case 'X/Z/D':
+      return sq ? { op: 'recurse' } : { op: 'dummy' };
+    case 'U':
+    case 'X/Z/U*':
+      if (sq) return { op: 'recurse' };
+      return vr === 'UI' || vr === undefined ? { op: 'regen', key: uidKey } : { op: 'clear' };
+    case 'C':
+      if (viaOption === 'retainLongitudinalModifiedDates') {
+        if (!study.dateOffset) return { op: 'delete' };
+        return { op: 'offset', offset: study.dateOffset, key: offsetKey };
+      }
+      if (sq) return { op: 'recurse' };
+      return { op: 'clean' };
+    default:
+      throw new Error(`unknown profile action code ${code}`);
+  }
+}
+
+/** Short fingerprint of a plan's secret, to tell in logs which key was used without revealing it. */
+export function keyFingerprint(key: Buffer): string {
+  return createHash('sha256').update(key).digest('hex').slice(0, 8);
+}

@@ -1,0 +1,112 @@
+// One image through identify -> de-identify, shared by the batch command and the storage SCP.
+// Reading and delivery are the callers' business; this module is synchronous and touches no I/O.
+import { DicomObject, DicomParseError } from './dicom/dataset';
+import { readDataset, readPart10 } from './dicom/read';
+import { part10Chunks } from './dicom/write';
+import { RouterConfig, StudyConfig } from './config/types';
+import { resolveStudy, sanitizePathComponent } from './identify';
+import { compilePlan, StudyPlan } from './deid/plan';
+import { DeidError, deidentify, objectUids } from './deid/engine';
+import { isValidUid } from './dicom/uids';
+
+/** DIMSE statuses (PS3.4 Annex B) for the ways one image can fail. */
+export const Status = {
+  Success: 0x0000,
+  OutOfResources: 0xa700,
+  DataSetDoesNotMatchSOPClass: 0xa900,
+  CannotUnderstand: 0xc000,
+  ProcessingFailure: 0x0110,
+} as const;
+
+export class ImageRejected extends Error {
+  constructor(readonly stage: 'read' | 'identify' | 'deidentify', message: string, readonly status: number = Status.CannotUnderstand) {
+    super(message);
+    this.name = 'ImageRejected';
+  }
+}
+
+export type InboundImage =
+  | { kind: 'file'; bytes: Buffer }
+  | { kind: 'dataset'; bytes: Buffer; transferSyntaxUid: string };
+
+export interface RoutedImage {
+  station: string;
+  studyName: string;
+  /** The name read from the image matched no configured study (handled by Supplement142). */
+  unknownStudy: boolean;
+  /** Unknown study and `unknownStudy: quarantine`: the caller quarantines, nothing else. */
+  quarantine: boolean;
+  output?: DicomObject;
+  /** The complete Part-10 file as chunks (most are slices of the input). */
+  chunks?: Buffer[];
+  /** <study>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm, all de-identified. */
+  relativePath?: string;
+  uids?: { sopClassUid: string; sopInstanceUid: string; studyInstanceUid: string; seriesInstanceUid: string; transferSyntaxUid: string };
+  destinations: string[];
+}
+
+export class DeidPipeline {
+  private plans = new Map<StudyConfig, StudyPlan>();
+
+  constructor(readonly config: RouterConfig, private readonly salt: string) {}
+
+  planFor(study: StudyConfig): StudyPlan {
+    let plan = this.plans.get(study);
+    if (!plan) {
+      plan = compilePlan(study, this.salt);
+      this.plans.set(study, plan);
+    }
+    return plan;
+  }
+
+  read(input: InboundImage): DicomObject {
+    try {
+      return input.kind === 'file' ? readPart10(input.bytes) : readDataset(input.bytes, input.transferSyntaxUid);
+    } catch (e) {
+      if (e instanceof DicomParseError) throw new ImageRejected('read', `unreadable dataset: ${e.message}`);
+      throw new ImageRejected('read', `unreadable dataset: ${(e as Error).message}`);
+    }
+  }
+
+  process(input: InboundImage, callingAeTitle?: string): RoutedImage {
+    const obj = this.read(input);
+    const r = resolveStudy(this.config, callingAeTitle, obj);
+    if (!r.study) {
+      return { station: r.station.name, studyName: r.studyName, unknownStudy: true, quarantine: true, destinations: [] };
+    }
+    let out: DicomObject;
+    try {
+      out = deidentify(obj, this.planFor(r.study));
+    } catch (e) {
+      if (e instanceof DeidError) throw new ImageRejected('deidentify', e.message);
+      throw new ImageRejected('deidentify', `de-identification failed: ${(e as Error).message}`, Status.ProcessingFailure);
+    }
+    const u = objectUids(out);
+    for (const [name, v] of [['SOPClassUID', u.sopClassUid], ['SOPInstanceUID', u.sopInstanceUid], ['StudyInstanceUID', u.studyInstanceUid], ['SeriesInstanceUID', u.seriesInstanceUid]] as const) {
+      if (!v) throw new ImageRejected('deidentify', `the dataset has no ${name}`, Status.DataSetDoesNotMatchSOPClass);
+      if (name !== 'SOPClassUID' && !isValidUid(v)) throw new ImageRejected('deidentify', `${name} is not a valid UID after de-identification`);
+    }
+    const uids = {
+      sopClassUid: u.sopClassUid as string, sopInstanceUid: u.sopInstanceUid as string,
+      studyInstanceUid: u.studyInstanceUid as string, seriesInstanceUid: u.seriesInstanceUid as string,
+      transferSyntaxUid: out.transferSyntaxUid,
+    };
+    let chunks: Buffer[];
+    try {
+      chunks = part10Chunks(out);
+    } catch (e) {
+      throw new ImageRejected('deidentify', `cannot encode the de-identified dataset: ${(e as Error).message}`, Status.ProcessingFailure);
+    }
+    return {
+      station: r.station.name,
+      studyName: r.studyName,
+      unknownStudy: r.unknown,
+      quarantine: false,
+      output: out,
+      chunks,
+      relativePath: [sanitizePathComponent(r.studyName), uids.studyInstanceUid, uids.seriesInstanceUid, `${uids.sopInstanceUid}.dcm`].join('/'),
+      uids,
+      destinations: r.study.destinations ?? [this.config.defaultDestination],
+    };
+  }
+}
