@@ -1,0 +1,11 @@
+export type { StoreRequest, StoreHandler, AssociationPolicy, ScpOptions, RunningScp } from './types';
+export { startStorageScp, STATUS_SUCCESS, STATUS_PROCESSING_FAILURE, STATUS_SOP_CLASS_NOT_SUPPORTED } from './scp';
+export { silenceDimseLibraries } from './logging';
+export {
+  PASS_THROUGH_TRANSFER_SYNTAXES,
+  VERIFICATION_SOP_CLASS,
+  chooseTransferSyntax,
+  isStorageSopClass,
+  isAcceptedAbstractSyntax,
+} from './syntaxes';
+export { PduFramer, PduFramingError } from './framer';

@@ -1,0 +1,585 @@
+// Storage SCP (C-ECHO, C-STORE) on top of dcmjs-dimse's Scp, receiving datasets as raw bytes.
+//
+// How it uses dcmjs-dimse 0.3.3 (see the notes at the end of this file for the internals relied on):
+// - We own the net.Server (bound to opts.host) and construct one Scp subclass per socket.
+// - createStoreWritableStream / createDatasetFromStoreWritableStream are overridden so the C-STORE dataset is
+//   collected as the PDV value buffers and concatenated once; it is never parsed or naturalized. The library's
+//   Dataset handed to cStoreRequest is an empty placeholder that carries the raw bytes.
+// - The library's PDU accumulator (Buffer.concat per socket chunk) is replaced with PduFramer.
+// - The library's timers (socket timeout 180 s, 60 s PDU timeout that would abort an association while our
+//   handler is still writing a big image) are disabled; this module has its own association-request and idle
+//   timeouts that never fire while a C-STORE is being processed.
+import * as net from 'net';
+import { Writable } from 'stream';
+import {
+  Scp,
+  Dataset,
+  Implementation,
+  constants,
+  responses,
+  association as dimseAssociation,
+  requests as dimseRequests,
+} from 'dcmjs-dimse';
+import type { Logger } from 'pino';
+import { PduFramer, PduFramingError } from './framer';
+import { chooseTransferSyntax, isAcceptedAbstractSyntax, VERIFICATION_SOP_CLASS } from './syntaxes';
+import type { RunningScp, ScpOptions, StoreRequest } from './types';
+
+type Association = dimseAssociation.Association;
+type PresentationContext = dimseAssociation.PresentationContext;
+type CStoreRequest = dimseRequests.CStoreRequest;
+type CEchoRequest = dimseRequests.CEchoRequest;
+type CStoreResponse = responses.CStoreResponse;
+type CEchoResponse = responses.CEchoResponse;
+
+const { PresentationContextResult, RejectResult, RejectSource, RejectReason, AbortSource, AbortReason } = constants;
+
+export const STATUS_SUCCESS = 0x0000;
+export const STATUS_PROCESSING_FAILURE = 0x0110;
+export const STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122;
+
+const DEFAULT_MAX_PDU = 262144;
+const DEFAULT_ASSOC_RQ_TIMEOUT_MS = 30_000;
+const DEFAULT_IDLE_TIMEOUT_MS = 300_000;
+const DEFAULT_CLOSE_GRACE_MS = 30_000;
+/** After we end() a socket, destroy it if the peer has not closed within this time. */
+const LINGER_MS = 2_000;
+/** During close(): an association idle this long after its last answer is aborted. */
+const CLOSE_QUIET_MS = 200;
+/** Largest non-P-DATA PDU we accept (an A-ASSOCIATE-RQ with 128 contexts and many syntaxes is far smaller). */
+const MAX_CONTROL_PDU = 1 << 20;
+
+/** A warning (0x0001, 0xB000-0xBFFF) still means the instance was stored. */
+function isStoredStatus(status: number): boolean {
+  return status === 0x0000 || status === 0x0001 || (status >= 0xb000 && status <= 0xbfff);
+}
+
+type AssocResult = 'released' | 'aborted-by-peer' | 'aborted' | 'rejected' | 'closed' | 'error' | 'timeout';
+
+/** Collects the PDV value buffers of one C-STORE dataset. write() never applies backpressure: dcmjs-dimse
+ * awaits 'drain' after a false return while later PDUs of the same socket chunk are already being processed,
+ * which could reorder fragments. */
+class RawCollector extends Writable {
+  readonly chunks: Buffer[] = [];
+  length = 0;
+  constructor(readonly pcId: number) {
+    super({ highWaterMark: 0x7fffffff, decodeStrings: false });
+  }
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.chunks.push(chunk);
+    this.length += chunk.length;
+    cb();
+  }
+  override _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
+    for (const c of chunks) {
+      this.chunks.push(c.chunk);
+      this.length += c.chunk.length;
+    }
+    cb();
+  }
+  /** One copy: the dataset as a single compact Buffer (PDV values are views into whole PDUs). */
+  toBuffer(): Buffer {
+    return Buffer.concat(this.chunks, this.length);
+  }
+}
+
+/** Placeholder Dataset the library attaches to the CStoreRequest: no elements, just our raw bytes. */
+class RawDataset extends Dataset {
+  constructor(
+    public raw: Buffer | undefined,
+    transferSyntaxUid: string,
+    readonly pcId: number,
+    readonly pcAccepted: boolean,
+    readonly abstractSyntaxUid: string,
+  ) {
+    super({}, transferSyntaxUid);
+  }
+}
+
+interface ServerState {
+  opts: ScpOptions;
+  log: Logger;
+  maxPdu: number;
+  connections: Set<Connection>;
+  closing: boolean;
+  nextAssociationId: number;
+  /** C-STOREs handed to onStore and not yet settled, over all connections. */
+  inFlight: number;
+  onSettled: Array<() => void>;
+}
+
+/** Internals of dcmjs-dimse's Network we touch; all optional so a changed library degrades gracefully. */
+interface NetworkInternals {
+  _processPdu?: (pdu: Buffer) => Promise<void>;
+  lastPduTime?: number;
+  timeoutIntervalId?: ReturnType<typeof setInterval>;
+  association?: Association;
+}
+
+class Connection {
+  readonly id: number;
+  readonly peerAddress: string;
+  readonly connectedAt = Date.now();
+  lastActivity = Date.now();
+  callingAe = '';
+  calledAe = '';
+  associated = false;
+  result: AssocResult | undefined;
+  detail: string | undefined;
+  images = 0;
+  failed = 0;
+  bytes = 0;
+  inFlight = 0;
+  releasePending = false;
+  closed = false;
+  private lingerTimer: ReturnType<typeof setTimeout> | undefined;
+  scp!: StorageScp;
+
+  constructor(
+    readonly server: ServerState,
+    readonly socket: net.Socket,
+  ) {
+    this.id = server.nextAssociationId++;
+    this.peerAddress = socket.remoteAddress ?? 'unknown';
+  }
+
+  get writable(): boolean {
+    return !this.closed && !this.socket.destroyed && this.socket.writable;
+  }
+
+  setResult(r: AssocResult, detail?: string): void {
+    if (this.result === undefined) {
+      this.result = r;
+      this.detail = detail;
+    }
+  }
+
+  /** Half-close after pending writes are flushed; destroy if the peer lingers. */
+  endSocket(): void {
+    if (this.socket.destroyed) return;
+    this.socket.end();
+    if (!this.lingerTimer) {
+      this.lingerTimer = setTimeout(() => this.socket.destroy(), LINGER_MS);
+      this.lingerTimer.unref();
+    }
+  }
+
+  abortAndClose(result: AssocResult, detail?: string): void {
+    this.setResult(result, detail);
+    if (this.associated && this.writable) {
+      try {
+        this.scp.sendAbort(AbortSource.ServiceUser, AbortReason.NotSpecified);
+      } catch {
+        /* socket already gone */
+      }
+    }
+    this.endSocket();
+  }
+
+  onClosed(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.lingerTimer) clearTimeout(this.lingerTimer);
+    this.setResult('closed');
+    this.server.connections.delete(this);
+    const line = {
+      associationId: this.id,
+      callingAe: this.callingAe || undefined,
+      calledAe: this.calledAe || undefined,
+      peer: this.peerAddress,
+      images: this.images,
+      failed: this.failed,
+      bytes: this.bytes,
+      durationMs: Date.now() - this.connectedAt,
+      result: this.result,
+      detail: this.detail,
+    };
+    if (this.result === 'released') this.server.log.info(line, 'association released');
+    else if (this.result === 'rejected') this.server.log.warn(line, 'association rejected');
+    else this.server.log.info(line, `association ended: ${this.result}`);
+    this.server.onSettled.splice(0).forEach((f) => f());
+  }
+
+  /** Called whenever a C-STORE of this connection has been answered (or dropped). */
+  afterStoreSettled(): void {
+    if (this.inFlight > 0) return;
+    if (this.releasePending) {
+      this.releasePending = false;
+      this.scp.finishRelease();
+    }
+  }
+}
+
+class StorageScp extends Scp {
+  constructor(private readonly conn: Connection) {
+    super(conn.socket, {});
+    const socket = conn.socket;
+    const internals = this as unknown as NetworkInternals;
+    // The library's own timers: socket idle timeout (180 s) and an interval whose checks need `connected`,
+    // which only dcmjs-dimse's Server sets. Disable both; our server-wide timer replaces them.
+    socket.setTimeout(0);
+    if (internals.timeoutIntervalId !== undefined) {
+      clearInterval(internals.timeoutIntervalId);
+      internals.timeoutIntervalId = undefined;
+    }
+    if (typeof internals._processPdu === 'function') {
+      const processPdu = internals._processPdu.bind(this);
+      socket.removeAllListeners('data');
+      const framer = new PduFramer(Math.max(conn.server.maxPdu, MAX_CONTROL_PDU));
+      const onPdu = (pdu: Buffer): void => {
+        internals.lastPduTime = conn.lastActivity;
+        processPdu(pdu).catch((err: unknown) => conn.server.log.warn({ associationId: conn.id, err: errMsg(err) }, 'PDU processing failed'));
+      };
+      socket.on('data', (chunk: Buffer) => {
+        conn.lastActivity = Date.now();
+        try {
+          framer.push(chunk, onPdu);
+        } catch (err) {
+          if (!(err instanceof PduFramingError)) throw err;
+          conn.server.log.warn({ associationId: conn.id, peer: conn.peerAddress, err: err.message }, 'bad PDU from peer, aborting');
+          socket.removeAllListeners('data');
+          if (conn.associated) {
+            try {
+              this.sendAbort(AbortSource.ServiceProvider, AbortReason.InvalidPduParameter);
+            } catch {
+              /* ignore */
+            }
+          }
+          conn.setResult('error', err.message);
+          conn.endSocket();
+        }
+      });
+    }
+    this.on('networkError', (err: Error) => {
+      // Socket errors, timeouts and exceptions thrown while decoding a PDU or DIMSE message end up here.
+      if (!conn.closed) {
+        conn.setResult('error', err?.message);
+        socket.destroy();
+      }
+    });
+    this.on('close', () => conn.onClosed());
+  }
+
+  override associationRequested(association: Association): void {
+    const conn = this.conn;
+    const { policy } = conn.server.opts;
+    conn.callingAe = (association.getCallingAeTitle() ?? '').trim();
+    conn.calledAe = (association.getCalledAeTitle() ?? '').trim();
+    const reject = (result: number, source: number, reason: number, why: string): void => {
+      conn.setResult('rejected', why);
+      this.sendAssociationReject(result, source, reason);
+      conn.endSocket();
+    };
+    if (conn.associated) {
+      // A second A-ASSOCIATE-RQ on an established association is a protocol error.
+      conn.abortAndClose('error', 'unexpected A-ASSOCIATE-RQ');
+      return;
+    }
+    if (conn.server.closing) {
+      reject(RejectResult.Transient, RejectSource.ServiceProviderPresentation, RejectReason.TemporaryCongestion, 'server shutting down');
+      return;
+    }
+    if (conn.calledAe.toUpperCase() !== policy.aeTitle.trim().toUpperCase()) {
+      reject(RejectResult.Permanent, RejectSource.ServiceUser, RejectReason.CalledAeNotRecognized, 'called AE not recognized');
+      return;
+    }
+    let known = false;
+    try {
+      known = policy.isKnownCaller(conn.callingAe);
+    } catch (err) {
+      conn.server.log.warn({ associationId: conn.id, err: errMsg(err) }, 'isKnownCaller threw; treating caller as unknown');
+    }
+    if (!known && !policy.allowUnknownCallers) {
+      reject(RejectResult.Permanent, RejectSource.ServiceUser, RejectReason.CallingAeNotRecognized, 'calling AE not recognized');
+      return;
+    }
+
+    for (const { id } of association.getPresentationContexts()) {
+      const ctx = association.getPresentationContext(id);
+      const abstract = (ctx.getAbstractSyntaxUid() ?? '').trim();
+      if (!isAcceptedAbstractSyntax(abstract)) {
+        ctx.setResult(PresentationContextResult.RejectAbstractSyntaxNotSupported);
+        continue;
+      }
+      const ts = chooseTransferSyntax(ctx.getTransferSyntaxUids());
+      if (ts === undefined) {
+        ctx.setResult(PresentationContextResult.RejectTransferSyntaxesNotSupported);
+        continue;
+      }
+      ctx.setResult(PresentationContextResult.Accept, ts);
+      // SCP/SCU role selection: the requester may only be the SCU of the services we provide.
+      if (ctx.getUserRole() !== undefined || ctx.getProviderRole() !== undefined) {
+        ctx.setUserRole(true);
+        ctx.setProviderRole(false);
+      }
+    }
+
+    // sendAssociationAccept() advertises min(association max PDU, Implementation max PDU) as our max receive
+    // length. Implementation's value is process-global (dcmjs-dimse's Client reads it too), so raise it only
+    // for the duration of this synchronous call.
+    association.setMaxPduLength(conn.server.maxPdu);
+    const prevGlobal = Implementation.getMaxPduLength();
+    Implementation.setMaxPduLength(Math.max(prevGlobal, conn.server.maxPdu));
+    try {
+      this.sendAssociationAccept();
+    } finally {
+      Implementation.setMaxPduLength(prevGlobal);
+    }
+    conn.associated = true;
+    conn.lastActivity = Date.now();
+  }
+
+  override associationReleaseRequested(): void {
+    const conn = this.conn;
+    if (conn.inFlight > 0) {
+      // Answer the outstanding C-STOREs first (a well-behaved peer never does this).
+      conn.releasePending = true;
+      return;
+    }
+    this.finishRelease();
+  }
+
+  finishRelease(): void {
+    const conn = this.conn;
+    conn.setResult('released');
+    if (conn.writable) this.sendAssociationReleaseResponse();
+    conn.endSocket();
+  }
+
+  override abort(source: number, reason: number): void {
+    this.conn.setResult('aborted-by-peer', `source ${source}, reason ${reason}`);
+    this.conn.socket.destroy();
+  }
+
+  override cEchoRequest(request: CEchoRequest, callback: (response: CEchoResponse) => void): void {
+    const rsp = responses.CEchoResponse.fromRequest(request);
+    rsp.setStatus(STATUS_SUCCESS);
+    callback(rsp);
+  }
+
+  override createStoreWritableStream(acceptedPresentationContext: PresentationContext, _request: CStoreRequest): Writable {
+    return new RawCollector(acceptedPresentationContext.getPresentationContextId());
+  }
+
+  override createDatasetFromStoreWritableStream(
+    writable: Writable,
+    acceptedPresentationContext: PresentationContext,
+    callback: (dataset: Dataset) => void,
+  ): void {
+    const collector = writable as RawCollector;
+    const pc = acceptedPresentationContext;
+    const raw = collector.toBuffer();
+    collector.chunks.length = 0;
+    callback(
+      new RawDataset(
+        raw,
+        pc.getAcceptedTransferSyntaxUid() ?? '',
+        pc.getPresentationContextId(),
+        pc.getResult() === PresentationContextResult.Accept,
+        pc.getAbstractSyntaxUid(),
+      ),
+    );
+  }
+
+  override cStoreRequest(request: CStoreRequest, callback: (response: CStoreResponse) => void): void {
+    const conn = this.conn;
+    const server = conn.server;
+    const ds = request.getDataset();
+    request.setDataset(undefined as unknown as Dataset); // drop our reference holder from the request
+    const sopClassUid = (request.getAffectedSopClassUid() ?? '').trim();
+    const sopInstanceUid = (request.getAffectedSopInstanceUid() ?? '').trim();
+
+    const answer = (status: number): void => {
+      if (isStoredStatus(status)) conn.images++;
+      else conn.failed++;
+      if (!conn.writable) return;
+      try {
+        const rsp = responses.CStoreResponse.fromRequest(request);
+        rsp.setStatus(status);
+        callback(rsp);
+      } catch (err) {
+        server.log.warn({ associationId: conn.id, err: errMsg(err) }, 'could not send C-STORE-RSP');
+      }
+    };
+
+    if (!(ds instanceof RawDataset) || ds.raw === undefined) {
+      server.log.warn({ associationId: conn.id }, 'C-STORE without dataset');
+      answer(STATUS_PROCESSING_FAILURE);
+      return;
+    }
+    const dataset = ds.raw;
+    ds.raw = undefined;
+    conn.bytes += dataset.length;
+    if (!ds.pcAccepted || ds.abstractSyntaxUid === VERIFICATION_SOP_CLASS) {
+      server.log.warn({ associationId: conn.id, pcId: ds.pcId }, 'C-STORE on a presentation context that was not accepted for storage');
+      answer(STATUS_SOP_CLASS_NOT_SUPPORTED);
+      return;
+    }
+
+    const req: StoreRequest = {
+      callingAeTitle: conn.callingAe,
+      calledAeTitle: conn.calledAe,
+      peerAddress: conn.peerAddress,
+      associationId: conn.id,
+      sopClassUid,
+      sopInstanceUid,
+      transferSyntaxUid: ds.getTransferSyntaxUid(),
+      dataset,
+    };
+    conn.inFlight++;
+    server.inFlight++;
+    let p: Promise<number>;
+    try {
+      p = Promise.resolve(server.opts.onStore(req));
+    } catch (err) {
+      p = Promise.reject(err);
+    }
+    p.then(
+      (status) => {
+        if (typeof status === 'number' && Number.isInteger(status) && status >= 0 && status <= 0xffff) return status;
+        server.log.warn({ associationId: conn.id, status: String(status) }, 'store handler resolved to an invalid status');
+        return STATUS_PROCESSING_FAILURE;
+      },
+      (err: unknown) => {
+        server.log.warn({ associationId: conn.id, err: errMsg(err) }, 'store handler failed');
+        return STATUS_PROCESSING_FAILURE;
+      },
+    )
+      .then((status) => answer(status))
+      .catch((err: unknown) => server.log.error({ associationId: conn.id, err: errMsg(err) }, 'C-STORE answer failed'))
+      .finally(() => {
+        conn.inFlight--;
+        server.inFlight--;
+        conn.lastActivity = Date.now();
+        conn.afterStoreSettled();
+        server.onSettled.splice(0).forEach((f) => f());
+      });
+  }
+}
+
+function errMsg(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function clampPdu(n: number | undefined): number {
+  if (n === undefined || !Number.isFinite(n)) return DEFAULT_MAX_PDU;
+  return Math.min(4 * 1024 * 1024, Math.max(4096, Math.floor(n)));
+}
+
+/** Start a storage SCP bound to opts.host:opts.port. */
+export async function startStorageScp(opts: ScpOptions): Promise<RunningScp> {
+  const state: ServerState = {
+    opts,
+    log: opts.logger,
+    maxPdu: clampPdu(opts.maxPduLength),
+    connections: new Set(),
+    closing: false,
+    nextAssociationId: 1,
+    inFlight: 0,
+    onSettled: [],
+  };
+  const assocRqTimeout = opts.associationRequestTimeoutMs ?? DEFAULT_ASSOC_RQ_TIMEOUT_MS;
+  const idleTimeout = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+
+  const server = net.createServer({ noDelay: true }, (socket) => {
+    socket.setNoDelay(true);
+    if (state.closing) {
+      socket.destroy();
+      return;
+    }
+    const conn = new Connection(state, socket);
+    try {
+      conn.scp = new StorageScp(conn);
+    } catch (err) {
+      state.log.error({ err: errMsg(err) }, 'could not set up association');
+      socket.destroy();
+      return;
+    }
+    state.connections.add(conn);
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    const onError = (err: Error): void => reject(err);
+    server.once('error', onError);
+    server.listen({ host: opts.host, port: opts.port }, () => {
+      server.off('error', onError);
+      resolve();
+    });
+  });
+  server.on('error', (err) => state.log.error({ err: err.message }, 'storage SCP server error'));
+  const addr = server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : opts.port;
+
+  const timer = setInterval(() => {
+    const now = Date.now();
+    for (const conn of state.connections) {
+      if (conn.closed || conn.result !== undefined) continue;
+      if (!conn.associated) {
+        if (now - conn.connectedAt > assocRqTimeout) {
+          conn.setResult('timeout', 'no A-ASSOCIATE-RQ');
+          conn.socket.destroy();
+        }
+      } else if (conn.inFlight === 0 && !conn.releasePending && now - conn.lastActivity > idleTimeout) {
+        conn.abortAndClose('timeout', 'idle');
+      }
+    }
+  }, Math.max(50, Math.min(1000, Math.floor(Math.min(assocRqTimeout, idleTimeout) / 4))));
+  timer.unref();
+
+  state.log.info({ host: opts.host, port, aeTitle: opts.policy.aeTitle, maxPdu: state.maxPdu }, 'storage SCP listening');
+
+  let closePromise: Promise<void> | undefined;
+  const close = (closeOpts?: { graceMs?: number }): Promise<void> => {
+    if (closePromise) return closePromise;
+    state.closing = true;
+    const graceMs = closeOpts?.graceMs ?? DEFAULT_CLOSE_GRACE_MS;
+    const serverClosed = new Promise<void>((resolve) => server.close(() => resolve()));
+    // Associations with nothing in flight that have been quiet for CLOSE_QUIET_MS are aborted; one whose
+    // C-STORE was just answered gets that long to release (or to send its next image, which is processed).
+    const sweep = (): void => {
+      const now = Date.now();
+      for (const conn of state.connections) {
+        if (conn.result !== undefined) continue;
+        if (!conn.associated) conn.socket.destroy();
+        else if (conn.inFlight === 0 && !conn.releasePending && now - conn.lastActivity >= CLOSE_QUIET_MS) {
+          conn.abortAndClose('aborted', 'server shutting down');
+        }
+      }
+    };
+    sweep();
+    closePromise = (async () => {
+      const deadline = Date.now() + graceMs;
+      const quiet = (): boolean => state.connections.size === 0 && state.inFlight === 0;
+      while (!quiet() && Date.now() < deadline) {
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, Math.min(50, Math.max(1, deadline - Date.now())));
+          state.onSettled.push(() => {
+            clearTimeout(t);
+            resolve();
+          });
+        });
+        sweep();
+      }
+      if (!quiet()) {
+        state.log.warn({ connections: state.connections.size, inFlight: state.inFlight }, 'close grace period over; destroying connections');
+        for (const conn of state.connections) conn.socket.destroy();
+      }
+      clearInterval(timer);
+      await serverClosed;
+      state.log.info({ port }, 'storage SCP closed');
+    })();
+    return closePromise;
+  };
+
+  return { port, close };
+}
+
+// dcmjs-dimse 0.3.3 internals relied on (verified in build/dcmjs-dimse.min.js):
+// - Network constructor calls _wrapSocket(), which adds a socket 'data' listener feeding its accumulator, which
+//   emits whole PDUs to `async _processPdu(buffer)`. We replace the 'data' listener and call _processPdu.
+// - _processPDataTf() writes each PDV value (a view into the PDU buffer, smart-buffer readBuffer does not
+//   copy) to createStoreWritableStream()'s stream; `await`s 'drain' only when write() returns false.
+// - On the last dataset fragment it calls createDatasetFromStoreWritableStream(stream, pc, cb); cb sets the
+//   Dataset on the request and emits cStoreRequest. Nothing else reads the dataset on the SCP side.
+// - The callbacks given to cStoreRequest/cEchoRequest send the response on the presentation context the
+//   request came on; they must be called at most once.

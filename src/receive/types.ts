@@ -1,0 +1,59 @@
+// Public types of the storage SCP network layer. Nothing here knows about de-identification.
+import type { Logger } from 'pino';
+
+/** One received C-STORE, handed to the application. */
+export interface StoreRequest {
+  callingAeTitle: string;
+  calledAeTitle: string;
+  peerAddress: string;
+  /** Sequence number of the association (TCP connection) within this SCP, from 1. */
+  associationId: number;
+  /** Affected SOP Class UID of the C-STORE-RQ command. */
+  sopClassUid: string;
+  /** Affected SOP Instance UID of the C-STORE-RQ command. */
+  sopInstanceUid: string;
+  /** Transfer syntax of the accepted presentation context the dataset came on. */
+  transferSyntaxUid: string;
+  /** The dataset bytes exactly as received on the wire (no file meta; still deflated for Deflated TS). */
+  dataset: Buffer;
+}
+
+/**
+ * Resolves to the DIMSE status to answer (0x0000 success, 0xA700 out of resources, 0xC000 cannot understand ...).
+ * Resolve only once the image is safe (e.g. durably on disk). A rejection is answered with 0x0110 (Processing failure).
+ */
+export interface StoreHandler {
+  (req: StoreRequest): Promise<number>;
+}
+
+export interface AssociationPolicy {
+  /** Our AE title; the called AE title must match it (trimmed, case-insensitive). */
+  aeTitle: string;
+  isKnownCaller(callingAe: string): boolean;
+  allowUnknownCallers: boolean;
+}
+
+export interface ScpOptions {
+  host: string;
+  /** 0 picks a free port; RunningScp.port tells which. */
+  port: number;
+  policy: AssociationPolicy;
+  onStore: StoreHandler;
+  logger: Logger;
+  /** Max PDU length we advertise (what peers may send us). Default 262144, clamped to [4096, 4194304]. */
+  maxPduLength?: number;
+  /** Close a connection that sent no A-ASSOCIATE-RQ within this time. Default 30 000 ms. */
+  associationRequestTimeoutMs?: number;
+  /** Abort an association idle this long (no PDU received and no C-STORE being processed). Default 300 000 ms. */
+  idleTimeoutMs?: number;
+}
+
+export interface RunningScp {
+  /** The port actually bound. */
+  port: number;
+  /**
+   * Stop accepting connections, let in-flight C-STOREs finish and be answered, then abort the remaining
+   * associations and close their sockets. After graceMs (default 30 000) everything is closed regardless.
+   */
+  close(opts?: { graceMs?: number }): Promise<void>;
+}
