@@ -1,0 +1,545 @@
+// Drains a destination's spool into a research PACS by C-STORE, never losing an image.
+//
+// - A spool file is deleted only after the PACS answered Success or a Warning status for it
+//   (at-least-once delivery: a crash between the answer and the delete re-sends the image).
+// - Associations stay open while there is work; each carries one presentation context per
+//   (SOP class, transfer syntax) pair of its batch, so every image goes in its own transfer syntax and
+//   the dataset bytes sent are the spool file's bytes after the file meta.
+// - Up to maxAssociations workers per destination.
+// - PACS down, association rejected or aborted, network errors: exponential backoff with full jitter;
+//   these never count against an image. A failure status for an image counts one attempt; after
+//   maxAttempts the image moves to the dead-letter folder with a reason file and the rest keep flowing.
+// Logs carry SOP instance UIDs, statuses and counts only (never dataset values).
+import * as fs from 'node:fs';
+import type { Logger } from 'pino';
+import {
+  StoreAssociation,
+  type PresentationContextProposal,
+  type TlsOptions,
+} from './dimse-scu';
+import { Part10Error, Spool, statusHex, type OpenedItem } from './spool';
+
+export type { SpoolItemInfo } from './spool';
+export { Spool } from './spool';
+
+export interface DicomDestination {
+  name: string;
+  aeTitle: string;
+  host: string;
+  port: number;
+  callingAeTitle: string;
+  /** Parallel associations to this destination (default 2). */
+  maxAssociations?: number;
+  tls?: {
+    caFile?: string;
+    certFile?: string;
+    keyFile?: string;
+    rejectUnauthorized?: boolean;
+    servername?: string;
+  };
+}
+
+export interface BackoffOptions {
+  initialMs: number;
+  maxMs: number;
+}
+
+export interface ForwardQueueOptions {
+  destination: DicomDestination;
+  spool: Spool;
+  logger: Logger;
+  /** Per-image failure statuses before the image is dead-lettered (default 3). */
+  maxAttempts?: number;
+  /** Backoff for an unreachable destination (default 1 s → 60 s); also spaces per-image retries. */
+  backoff?: BackoffOptions;
+  /** Images claimed per batch; contexts are negotiated for a batch (default 64). */
+  batchSize?: number;
+  /** Keep an idle association open this long for new work (default 2000 ms). */
+  idleReleaseMs?: number;
+  /** Backlog log period while the backlog is not empty (default 30 s). */
+  statsIntervalMs?: number;
+  /** Rescan the spool directory at least this often when idle (default 5 s). */
+  rescanIntervalMs?: number;
+  connectTimeoutMs?: number;
+  associationTimeoutMs?: number;
+  dimseTimeoutMs?: number;
+  /** Max PDU length we announce for receiving (default 256 KB). */
+  maxPduLength?: number;
+}
+
+export interface ForwardStats {
+  backlog: number;
+  oldestAgeMs: number;
+  inFlight: number;
+  deadLetters: number;
+}
+
+/** Statuses after which the PACS has the image (PS3.7 C.4.2.1.4 / Annex C: Success and Warning). */
+export function isStored(status: number): boolean {
+  return (
+    status === 0x0000 ||
+    status === 0xb000 || // coercion of data elements
+    status === 0xb007 || // data set does not match SOP class
+    status === 0xb006 || // elements discarded
+    status === 0x0001 || // generic warning
+    status === 0x0107 || // attribute list error (warning)
+    status === 0x0116 // attribute value out of range (warning)
+  );
+}
+
+type DestState = 'unknown' | 'up' | 'down';
+
+interface Known {
+  size: number;
+  mtimeMs: number;
+  state: 'pending' | 'inflight' | 'delayed';
+}
+
+export class ForwardQueue {
+  private readonly dest: DicomDestination;
+  private readonly spool: Spool;
+  private readonly log: Logger;
+  private readonly maxAttempts: number;
+  private readonly backoff: BackoffOptions;
+  private readonly batchSize: number;
+  private readonly idleReleaseMs: number;
+  private readonly statsIntervalMs: number;
+  private readonly rescanIntervalMs: number;
+  private readonly opts: ForwardQueueOptions;
+
+  private known = new Map<string, Known>();
+  private pending: string[] = [];
+  private delayed = new Map<string, number>(); // id -> due time
+  private deadLetters = 0;
+  /** Consecutive association failures while an image was being sent (in memory only). */
+  private interruptions = new Map<string, number>();
+  private state: DestState = 'unknown';
+  private consecutiveFailures = 0;
+  private nextConnectAt = 0;
+  private running = false;
+  private stopping = false;
+  private workers: Promise<void>[] = [];
+  private wakers = new Set<() => void>();
+  private scanRequested = true;
+  private scanning: Promise<void> | undefined;
+  private statsTimer: NodeJS.Timeout | undefined;
+  private notifyTimer: NodeJS.Timeout | undefined;
+  private tlsOptions: TlsOptions | undefined;
+
+  constructor(opts: ForwardQueueOptions) {
+    this.opts = opts;
+    this.dest = opts.destination;
+    this.spool = opts.spool;
+    this.log = opts.logger.child({ destination: opts.destination.name });
+    this.maxAttempts = opts.maxAttempts ?? 3;
+    this.backoff = opts.backoff ?? { initialMs: 1000, maxMs: 60000 };
+    this.batchSize = opts.batchSize ?? 64;
+    this.idleReleaseMs = opts.idleReleaseMs ?? 2000;
+    this.statsIntervalMs = opts.statsIntervalMs ?? 30000;
+    this.rescanIntervalMs = opts.rescanIntervalMs ?? 5000;
+  }
+
+  /** Start the workers; whatever is already in the spool is resumed. */
+  start(): void {
+    if (this.running) return;
+    this.running = true;
+    this.stopping = false;
+    if (this.dest.tls) this.tlsOptions = loadTls(this.dest.tls);
+    void this.spool.deadLetterCount().then(
+      (n) => (this.deadLetters = n),
+      () => undefined,
+    );
+    const n = Math.max(1, this.dest.maxAssociations ?? 2);
+    for (let i = 0; i < n; i++) {
+      this.workers.push(
+        this.worker(i).catch((e: unknown) => {
+          this.log.error({ err: errMessage(e), worker: i }, 'forward worker crashed');
+        }),
+      );
+    }
+    this.statsTimer = setInterval(() => this.logBacklog('periodic'), this.statsIntervalMs);
+    this.statsTimer.unref();
+  }
+
+  /** A new item was enqueued: rescan soon and wake idle workers. */
+  notify(): void {
+    this.scanRequested = true;
+    if (this.notifyTimer || !this.running) return;
+    // Coalesce bursts of notifications into one directory scan.
+    this.notifyTimer = setTimeout(() => {
+      this.notifyTimer = undefined;
+      this.wakeAll();
+    }, 20);
+    this.notifyTimer.unref?.();
+  }
+
+  /** Finish the image in flight on each association, release them, stop. */
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    this.stopping = true;
+    this.wakeAll();
+    await Promise.all(this.workers);
+    this.workers = [];
+    this.running = false;
+    if (this.statsTimer) clearInterval(this.statsTimer);
+    if (this.notifyTimer) clearTimeout(this.notifyTimer);
+    this.statsTimer = this.notifyTimer = undefined;
+  }
+
+  stats(): ForwardStats {
+    const now = Date.now();
+    let oldest = now;
+    let inFlight = 0;
+    for (const k of this.known.values()) {
+      if (k.mtimeMs < oldest) oldest = k.mtimeMs;
+      if (k.state === 'inflight') inFlight++;
+    }
+    return {
+      backlog: this.known.size,
+      oldestAgeMs: this.known.size ? Math.max(0, now - oldest) : 0,
+      inFlight,
+      deadLetters: this.deadLetters,
+    };
+  }
+
+  /** Current view of the destination: 'up' after an accepted association, 'down' after a failure. */
+  get destinationState(): DestState {
+    return this.state;
+  }
+
+  // ---------------------------------------------------------------- scheduling
+
+  private wakeAll(): void {
+    const w = [...this.wakers];
+    this.wakers.clear();
+    w.forEach((f) => f());
+  }
+
+  private sleep(ms: number): Promise<void> {
+    if (this.stopping) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(t);
+        this.wakers.delete(done);
+        resolve();
+      };
+      const t = setTimeout(done, Math.max(0, ms));
+      this.wakers.add(done);
+    });
+  }
+
+  /** Add spool files we have not seen to the pending list (oldest first). */
+  private scan(): Promise<void> {
+    if (!this.scanning) {
+      this.scanRequested = false;
+      this.scanning = (async () => {
+        const ids = await this.spool.listIds();
+        const fresh: Array<{ id: string; mtimeMs: number; size: number }> = [];
+        const present = new Set(ids);
+        for (const id of ids) {
+          if (this.known.has(id)) continue;
+          const e = await this.spool.statEntry(id);
+          if (e && !this.known.has(id)) fresh.push(e);
+        }
+        // Forget pending entries whose file vanished (e.g. removed by an operator).
+        for (const [id, k] of this.known) {
+          if (k.state === 'pending' && !present.has(id)) {
+            this.known.delete(id);
+          }
+        }
+        this.pending = this.pending.filter((id) => this.known.get(id)?.state === 'pending');
+        fresh.sort((a, b) => a.mtimeMs - b.mtimeMs);
+        for (const e of fresh) {
+          this.known.set(e.id, { size: e.size, mtimeMs: e.mtimeMs, state: 'pending' });
+          this.pending.push(e.id);
+        }
+      })().finally(() => {
+        this.scanning = undefined;
+      });
+    }
+    return this.scanning;
+  }
+
+  private promoteDue(): number | undefined {
+    const now = Date.now();
+    let next: number | undefined;
+    for (const [id, due] of this.delayed) {
+      if (due <= now) {
+        this.delayed.delete(id);
+        const k = this.known.get(id);
+        if (k) {
+          k.state = 'pending';
+          this.pending.push(id);
+        }
+      } else if (next === undefined || due < next) next = due;
+    }
+    return next;
+  }
+
+  /** Claim up to n ids; opens each file (meta only). */
+  private async claim(n: number): Promise<OpenedItem[]> {
+    this.promoteDue();
+    if (this.scanRequested || this.pending.length === 0) await this.scan();
+    const out: OpenedItem[] = [];
+    while (out.length < n && this.pending.length) {
+      const id = this.pending.shift()!;
+      const k = this.known.get(id);
+      if (!k || k.state !== 'pending') continue;
+      k.state = 'inflight';
+      let item: OpenedItem | undefined;
+      try {
+        item = await this.spool.open(id);
+      } catch (e) {
+        if (e instanceof Part10Error) {
+          await this.toDeadLetter(id, null, `unreadable spool file: ${e.message}`, 0);
+        } else {
+          this.log.error({ sopInstanceUid: id, err: errMessage(e) }, 'cannot open spool file');
+          this.unclaim(id, true);
+        }
+        continue;
+      }
+      if (!item) {
+        this.known.delete(id);
+        continue;
+      }
+      k.size = item.size;
+      out.push(item);
+    }
+    return out;
+  }
+
+  /** Put a claimed id back (front of the queue: it was interrupted, not failed). */
+  private unclaim(id: string, front: boolean): void {
+    const k = this.known.get(id);
+    if (!k) return;
+    k.state = 'pending';
+    if (front) this.pending.unshift(id);
+    else this.pending.push(id);
+  }
+
+  private async returnItems(items: OpenedItem[]): Promise<void> {
+    for (let i = items.length - 1; i >= 0; i--) {
+      await this.spool.release(items[i]);
+      this.unclaim(items[i].id, true);
+    }
+  }
+
+  private backoffDelay(n: number): number {
+    const cap = Math.min(this.backoff.maxMs, this.backoff.initialMs * 2 ** Math.min(n, 30));
+    return Math.random() * cap; // full jitter
+  }
+
+  private markUp(): void {
+    this.consecutiveFailures = 0;
+    this.nextConnectAt = 0;
+    if (this.state !== 'up') {
+      this.state = 'up';
+      this.logBacklog('destination up');
+    }
+  }
+
+  private markDown(err: unknown): void {
+    this.consecutiveFailures++;
+    const delay = this.backoffDelay(this.consecutiveFailures);
+    this.nextConnectAt = Math.max(this.nextConnectAt, Date.now() + delay);
+    if (this.state !== 'down') {
+      this.state = 'down';
+      this.logBacklog('destination down', { err: errMessage(err) });
+    } else {
+      this.log.debug({ err: errMessage(err), retryInMs: Math.round(delay) }, 'destination still down');
+    }
+  }
+
+  private logBacklog(event: string, extra: Record<string, unknown> = {}): void {
+    const s = this.stats();
+    if (event === 'periodic' && s.backlog === 0) return;
+    let bytes = 0;
+    for (const k of this.known.values()) bytes += k.size;
+    this.log.info(
+      { event, state: this.state, backlog: s.backlog, backlogBytes: bytes, oldestAgeMs: s.oldestAgeMs, inFlight: s.inFlight, deadLetters: s.deadLetters, ...extra },
+      `forward ${this.dest.name}: ${event}, backlog ${s.backlog}`,
+    );
+  }
+
+  // ---------------------------------------------------------------- the worker
+
+  private async worker(index: number): Promise<void> {
+    let assoc: StoreAssociation | undefined;
+    let batch: OpenedItem[] = [];
+    try {
+      while (!this.stopping) {
+        if (batch.length === 0) batch = await this.claim(this.batchSize);
+        if (batch.length === 0) {
+          // Nothing to do: keep an open association a little for new work, then release it.
+          const due = this.promoteDue();
+          const wait = assoc ? this.idleReleaseMs : Math.min(this.rescanIntervalMs, due ? due - Date.now() : Infinity);
+          const t0 = Date.now();
+          await this.sleep(wait);
+          if (assoc && Date.now() - t0 >= this.idleReleaseMs && this.pending.length === 0 && !this.scanRequested) {
+            await assoc.release();
+            assoc = undefined;
+          }
+          if (!this.scanRequested && Date.now() - t0 >= wait) this.scanRequested = true;
+          continue;
+        }
+
+        // Reuse the association if it carries every (SOP class, TS) pair of this batch.
+        if (assoc && (!assoc.isOpen || batch.some((it) => assoc!.contextFor(it.sopClassUid, it.transferSyntaxUid) === undefined))) {
+          await assoc.release();
+          assoc = undefined;
+        }
+        if (!assoc) {
+          const wait = this.nextConnectAt - Date.now();
+          if (wait > 0) {
+            await this.sleep(wait);
+            if (this.stopping) break;
+            if (this.nextConnectAt - Date.now() > 0) continue; // woken early (notify); wait again
+          }
+          try {
+            assoc = await StoreAssociation.connect({
+              host: this.dest.host,
+              port: this.dest.port,
+              callingAeTitle: this.dest.callingAeTitle,
+              calledAeTitle: this.dest.aeTitle,
+              contexts: contextsFor(batch),
+              maxPduLength: this.opts.maxPduLength,
+              connectTimeoutMs: this.opts.connectTimeoutMs,
+              associationTimeoutMs: this.opts.associationTimeoutMs,
+              dimseTimeoutMs: this.opts.dimseTimeoutMs,
+              tls: this.tlsOptions,
+            });
+          } catch (e) {
+            this.markDown(e);
+            continue; // keep the batch; retry after backoff
+          }
+          this.markUp();
+          this.log.debug({ worker: index, images: batch.length, contexts: assoc.acceptedContexts.length, maxPdu: assoc.maxPduLength }, 'association open');
+        }
+
+        // Send the batch, one image at a time.
+        while (batch.length) {
+          const item = batch[0];
+          const pcId = assoc.contextFor(item.sopClassUid, item.transferSyntaxUid);
+          if (pcId === undefined) {
+            batch.shift();
+            await this.spool.release(item);
+            await this.imageFailed(item.id, item.sopInstanceUid, null, `PACS did not accept presentation context ${item.sopClassUid} / ${item.transferSyntaxUid}`);
+            continue;
+          }
+          if (item.datasetLength % 2 !== 0) {
+            // PS3.5 7.1: values, hence datasets, have even length; DICOM peers abort on odd PDV fragments
+            // (dcmtk: "Odd Fragment Length"). Sending it unchanged is impossible: park it for an operator.
+            batch.shift();
+            await this.spool.release(item);
+            await this.toDeadLetter(item.id, null, `odd dataset length ${item.datasetLength}: cannot be sent unchanged`, 0);
+            continue;
+          }
+          let status: number;
+          let comment: string | undefined;
+          try {
+            const r = await assoc.cStore(pcId, item.sopClassUid, item.sopInstanceUid, {
+              fh: item.fh,
+              offset: item.datasetOffset,
+              length: item.datasetLength,
+            });
+            status = r.status;
+            comment = r.errorComment;
+          } catch (e) {
+            // Association or network failure: not the image's fault, unless it keeps happening while this
+            // same image is on the wire (a PACS that aborts on one malformed image); then it counts as an
+            // attempt every second time, so a poison image cannot block the queue forever.
+            assoc.abort();
+            assoc = undefined;
+            const n = (this.interruptions.get(item.id) ?? 0) + 1;
+            this.interruptions.set(item.id, n);
+            this.markDown(e);
+            if (n % 2 === 0) {
+              batch.shift();
+              await this.spool.release(item);
+              await this.imageFailed(item.id, item.sopInstanceUid, null, `association failed ${n} times while sending this image: ${errMessage(e)}`);
+            }
+            await this.returnItems(batch);
+            batch = [];
+            break;
+          }
+          this.interruptions.delete(item.id);
+          batch.shift();
+          if (isStored(status)) {
+            const deleted = await this.spool.ack(item);
+            if (status !== 0) this.log.warn({ sopInstanceUid: item.sopInstanceUid, status: statusHex(status), comment }, 'stored with warning');
+            else this.log.debug({ sopInstanceUid: item.sopInstanceUid }, 'stored');
+            if (deleted) this.known.delete(item.id);
+            else this.unclaim(item.id, false); // replaced meanwhile by a newer copy: send that too
+          } else {
+            await this.spool.release(item);
+            await this.imageFailed(item.id, item.sopInstanceUid, status, comment ?? '');
+          }
+          if (this.stopping) break;
+        }
+      }
+    } finally {
+      await this.returnItems(batch);
+      if (assoc) await assoc.release();
+    }
+  }
+
+  private async imageFailed(id: string, sopInstanceUid: string, status: number | null, message: string): Promise<void> {
+    let attempts: number;
+    try {
+      attempts = await this.spool.recordFailure(id, status, message);
+    } catch (e) {
+      this.log.error({ sopInstanceUid, err: errMessage(e) }, 'cannot record failure');
+      attempts = 1;
+    }
+    const fields = { sopInstanceUid, status: status === null ? null : statusHex(status), message, attempts, maxAttempts: this.maxAttempts };
+    if (attempts >= this.maxAttempts) {
+      await this.toDeadLetter(id, status, message, attempts);
+    } else {
+      this.log.warn(fields, 'PACS refused image; will retry');
+      const k = this.known.get(id);
+      if (k) {
+        k.state = 'delayed';
+        this.delayed.set(id, Date.now() + this.backoffDelay(attempts) + this.backoff.initialMs / 2);
+      }
+    }
+  }
+
+  private async toDeadLetter(id: string, status: number | null, message: string, attempts: number): Promise<void> {
+    try {
+      await this.spool.deadLetter(id, { status, message, attempts, sopInstanceUid: id });
+      this.deadLetters++;
+      this.known.delete(id);
+      this.interruptions.delete(id);
+      this.log.error({ sopInstanceUid: id, status: status === null ? null : statusHex(status), message, attempts }, 'image moved to dead letters');
+    } catch (e) {
+      this.log.error({ sopInstanceUid: id, err: errMessage(e) }, 'cannot move image to dead letters');
+      this.known.delete(id);
+    }
+  }
+}
+
+function contextsFor(items: OpenedItem[]): PresentationContextProposal[] {
+  const seen = new Set<string>();
+  const out: PresentationContextProposal[] = [];
+  for (const it of items) {
+    const key = `${it.sopClassUid}|${it.transferSyntaxUid}`;
+    if (seen.has(key)) continue;
+    seen.add(key);
+    out.push({ abstractSyntaxUid: it.sopClassUid, transferSyntaxUid: it.transferSyntaxUid });
+  }
+  return out;
+}
+
+function loadTls(t: NonNullable<DicomDestination['tls']>): TlsOptions {
+  return {
+    ca: t.caFile ? fs.readFileSync(t.caFile) : undefined,
+    cert: t.certFile ? fs.readFileSync(t.certFile) : undefined,
+    key: t.keyFile ? fs.readFileSync(t.keyFile) : undefined,
+    rejectUnauthorized: t.rejectUnauthorized ?? true,
+    servername: t.servername,
+  };
+}
+
+function errMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

@@ -1,0 +1,421 @@
+// Durable per-destination spool of de-identified Part-10 files waiting for delivery.
+//
+// Layout (all under stateDir):
+//   spool/<dest>/<id>.dcm             one Part-10 file per SOP instance, written atomically
+//   spool/<dest>/<id>.attempts.json   per-image failure bookkeeping (only after a failure status)
+//   spool/<dest>/.tmp-*               files being written (removed at init if stale)
+//   deadletter/<dest>/<id>.dcm        images the PACS refused maxAttempts times
+//   deadletter/<dest>/<id>.reason.json {status, statusHex, message, attempts, time}
+//
+// <id> is the SOP Instance UID when it is a plain UID (digits and dots), else a SHA-1 of it, so the
+// same instance enqueued twice is one file (the later write replaces the earlier one).
+import { createHash, randomBytes } from 'node:crypto';
+import { promises as fsp, constants as fsc } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
+import * as path from 'node:path';
+
+export interface SpoolItemInfo {
+  sopInstanceUid: string;
+  sopClassUid: string;
+  transferSyntaxUid: string;
+  studyInstanceUid: string;
+}
+
+export interface SpoolEntry {
+  id: string;
+  path: string;
+  size: number;
+  mtimeMs: number;
+}
+
+export interface BacklogInfo {
+  count: number;
+  bytes: number;
+  oldestAgeMs: number;
+}
+
+export interface Part10Meta {
+  /** Byte offset of the first dataset byte (just after the file meta group). */
+  datasetOffset: number;
+  sopClassUid: string;
+  sopInstanceUid: string;
+  transferSyntaxUid: string;
+}
+
+/** An item opened for sending: the file handle stays open until release()/ack(). */
+export interface OpenedItem extends Part10Meta {
+  id: string;
+  path: string;
+  fh: FileHandle;
+  size: number;
+  ino: number;
+  mtimeMs: number;
+  /** Number of dataset bytes (size - datasetOffset). */
+  datasetLength: number;
+}
+
+export interface AttemptRecord {
+  attempts: number;
+  status?: number;
+  message?: string;
+  lastTime?: string;
+}
+
+export interface DeadLetterReason {
+  status: number | null;
+  statusHex: string | null;
+  message: string;
+  attempts: number;
+  time: string;
+  sopInstanceUid?: string;
+}
+
+export class Part10Error extends Error {}
+
+const DCM = '.dcm';
+const ATTEMPTS = '.attempts.json';
+const REASON = '.reason.json';
+const TMP_PREFIX = '.tmp-';
+const STALE_TMP_MS = 10 * 60 * 1000;
+
+/** Walk the Part-10 file meta group (always explicit VR little endian). Needs only the first bytes. */
+export function parsePart10Meta(buf: Buffer, complete = true): Part10Meta {
+  if (buf.length < 132 || buf.toString('latin1', 128, 132) !== 'DICM') {
+    throw new Part10Error('not a Part-10 file (no DICM prefix)');
+  }
+  let pos = 132;
+  const values = new Map<number, string>();
+  let sawOtherGroup = false;
+  while (pos + 8 <= buf.length) {
+    const group = buf.readUInt16LE(pos);
+    if (group !== 0x0002) {
+      sawOtherGroup = true;
+      break;
+    }
+    const element = buf.readUInt16LE(pos + 2);
+    const vr = buf.toString('latin1', pos + 4, pos + 6);
+    let len: number;
+    let header: number;
+    if (['OB', 'OW', 'OF', 'SQ', 'UT', 'UN', 'UC', 'UR', 'OD', 'OL', 'OV'].includes(vr)) {
+      if (pos + 12 > buf.length) throw new Part10Error(complete ? 'file meta runs past the end of the file' : 'truncated file meta');
+      len = buf.readUInt32LE(pos + 8);
+      header = 12;
+    } else {
+      len = buf.readUInt16LE(pos + 6);
+      header = 8;
+    }
+    if (len === 0xffffffff) throw new Part10Error('undefined length in file meta');
+    if (pos + header + len > buf.length) {
+      throw new Part10Error(complete ? 'file meta runs past the end of the file' : 'truncated file meta');
+    }
+    if (element === 0x0002 || element === 0x0003 || element === 0x0010) {
+      values.set(element, trimUid(buf.toString('latin1', pos + header, pos + header + len)));
+    }
+    pos += header + len;
+  }
+  if (!sawOtherGroup && !complete) {
+    // The buffer ended before the meta group did: the caller must read more.
+    throw new Part10Error('truncated file meta');
+  }
+  const sopClassUid = values.get(0x0002);
+  const sopInstanceUid = values.get(0x0003);
+  const transferSyntaxUid = values.get(0x0010);
+  if (!sopClassUid || !sopInstanceUid || !transferSyntaxUid) {
+    throw new Part10Error('file meta lacks MediaStorageSOPClassUID, MediaStorageSOPInstanceUID or TransferSyntaxUID');
+  }
+  return { datasetOffset: pos, sopClassUid, sopInstanceUid, transferSyntaxUid };
+}
+
+function trimUid(s: string): string {
+  return s.replace(/[\0 ]+$/, '').trim();
+}
+
+/** File-name id for a SOP instance UID. */
+export function spoolId(sopInstanceUid: string): string {
+  if (/^[0-9][0-9.]{0,63}$/.test(sopInstanceUid)) return sopInstanceUid;
+  return 'h' + createHash('sha1').update(sopInstanceUid).digest('hex');
+}
+
+export function statusHex(status: number): string {
+  return '0x' + status.toString(16).toUpperCase().padStart(4, '0');
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  let fh: FileHandle | undefined;
+  try {
+    fh = await fsp.open(dir, fsc.O_RDONLY);
+    await fh.sync();
+  } catch (e) {
+    // Some filesystems refuse fsync on directories (EINVAL/EISDIR); nothing more we can do there.
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'EINVAL' && code !== 'EISDIR' && code !== 'EPERM') throw e;
+  } finally {
+    await fh?.close();
+  }
+}
+
+async function writeFileDurable(dir: string, name: string, data: Buffer | string): Promise<void> {
+  const tmp = path.join(dir, `${TMP_PREFIX}${randomBytes(6).toString('hex')}-${name}`);
+  const fh = await fsp.open(tmp, 'w', 0o600);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  try {
+    await fsp.rename(tmp, path.join(dir, name));
+  } catch (e) {
+    await fsp.rm(tmp, { force: true });
+    throw e;
+  }
+  await fsyncDir(dir);
+}
+
+export class Spool {
+  readonly destination: string;
+  readonly dir: string;
+  readonly deadDir: string;
+  private ready: Promise<void> | undefined;
+
+  constructor(stateDir: string, destination: string) {
+    if (!/^[A-Za-z0-9._-]+$/.test(destination) || destination.startsWith('.')) {
+      throw new Error(`invalid destination name for a spool directory: ${JSON.stringify(destination)}`);
+    }
+    this.destination = destination;
+    this.dir = path.join(stateDir, 'spool', destination);
+    this.deadDir = path.join(stateDir, 'deadletter', destination);
+  }
+
+  /** Create the directories and remove stale temp files. Idempotent; called by every method. */
+  init(): Promise<void> {
+    if (!this.ready) {
+      this.ready = (async () => {
+        await fsp.mkdir(this.dir, { recursive: true });
+        await fsp.mkdir(this.deadDir, { recursive: true });
+        for (const d of [this.dir, this.deadDir]) {
+          for (const name of await fsp.readdir(d)) {
+            if (!name.startsWith(TMP_PREFIX)) continue;
+            const p = path.join(d, name);
+            const st = await fsp.stat(p).catch(() => undefined);
+            if (st && Date.now() - st.mtimeMs > STALE_TMP_MS) await fsp.rm(p, { force: true });
+          }
+        }
+      })();
+      this.ready.catch(() => (this.ready = undefined));
+    }
+    return this.ready;
+  }
+
+  pathOf(id: string): string {
+    return path.join(this.dir, id + DCM);
+  }
+
+  /**
+   * Store one Part-10 file. When the promise resolves the file is on stable storage (temp file written and
+   * fsynced, renamed into place, directory fsynced) and survives SIGKILL or power loss.
+   */
+  async enqueue(part10: Buffer, info: SpoolItemInfo): Promise<void> {
+    await this.init();
+    const meta = parsePart10Meta(part10);
+    if (meta.sopInstanceUid !== info.sopInstanceUid) {
+      throw new Part10Error('file meta MediaStorageSOPInstanceUID differs from the SOP instance UID given');
+    }
+    const id = spoolId(info.sopInstanceUid);
+    await writeFileDurable(this.dir, id + DCM, part10);
+    // A fresh copy starts with a clean failure count.
+    await fsp.rm(path.join(this.dir, id + ATTEMPTS), { force: true });
+  }
+
+  /** Ids of the spooled images (no stat, no read). */
+  async listIds(): Promise<string[]> {
+    await this.init();
+    const names = await fsp.readdir(this.dir);
+    return names.filter((n) => n.endsWith(DCM) && !n.startsWith('.')).map((n) => n.slice(0, -DCM.length));
+  }
+
+  async statEntry(id: string): Promise<SpoolEntry | undefined> {
+    const p = this.pathOf(id);
+    try {
+      const st = await fsp.stat(p);
+      return { id, path: p, size: st.size, mtimeMs: st.mtimeMs };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
+  }
+
+  /** All spooled images with size and time, oldest first. */
+  async list(): Promise<SpoolEntry[]> {
+    const out: SpoolEntry[] = [];
+    for (const id of await this.listIds()) {
+      const e = await this.statEntry(id);
+      if (e) out.push(e);
+    }
+    return out.sort((a, b) => a.mtimeMs - b.mtimeMs);
+  }
+
+  async backlog(): Promise<BacklogInfo> {
+    const now = Date.now();
+    let count = 0;
+    let bytes = 0;
+    let oldest = now;
+    for (const id of await this.listIds()) {
+      const e = await this.statEntry(id);
+      if (!e) continue;
+      count++;
+      bytes += e.size;
+      oldest = Math.min(oldest, e.mtimeMs);
+    }
+    return { count, bytes, oldestAgeMs: count ? Math.max(0, now - oldest) : 0 };
+  }
+
+  /**
+   * Open a spooled image for sending: reads only the file meta. Returns undefined if it vanished.
+   * Throws Part10Error if the file meta cannot be parsed.
+   */
+  async open(id: string): Promise<OpenedItem | undefined> {
+    const p = this.pathOf(id);
+    let fh: FileHandle;
+    try {
+      fh = await fsp.open(p, 'r');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw e;
+    }
+    try {
+      const st = await fh.stat();
+      let want = Math.min(st.size, 16384);
+      for (;;) {
+        const buf = Buffer.alloc(want);
+        const { bytesRead } = await fh.read(buf, 0, want, 0);
+        try {
+          const meta = parsePart10Meta(buf.subarray(0, bytesRead), bytesRead >= st.size);
+          return {
+            ...meta,
+            id,
+            path: p,
+            fh,
+            size: st.size,
+            ino: st.ino,
+            mtimeMs: st.mtimeMs,
+            datasetLength: st.size - meta.datasetOffset,
+          };
+        } catch (e) {
+          if (e instanceof Part10Error && e.message === 'truncated file meta' && want < st.size) {
+            want = Math.min(st.size, want * 4);
+            continue;
+          }
+          throw e;
+        }
+      }
+    } catch (e) {
+      await fh.close().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** Close the handle without deleting (the image stays queued). */
+  async release(item: OpenedItem): Promise<void> {
+    await item.fh.close().catch(() => undefined);
+  }
+
+  /**
+   * The PACS has the image: delete the spool file, unless it was replaced by a newer enqueue of the same
+   * SOP instance meanwhile (then the new copy stays queued). Returns true if deleted.
+   */
+  async ack(item: OpenedItem): Promise<boolean> {
+    await this.release(item);
+    const st = await fsp.stat(item.path).catch(() => undefined);
+    if (!st) return true;
+    if (st.ino !== item.ino || st.mtimeMs !== item.mtimeMs) return false;
+    await fsp.rm(item.path, { force: true });
+    await fsp.rm(path.join(this.dir, item.id + ATTEMPTS), { force: true });
+    return true;
+  }
+
+  async getAttempts(id: string): Promise<AttemptRecord> {
+    try {
+      const rec = JSON.parse(await fsp.readFile(path.join(this.dir, id + ATTEMPTS), 'utf8')) as AttemptRecord;
+      return typeof rec.attempts === 'number' ? rec : { attempts: 0 };
+    } catch {
+      return { attempts: 0 };
+    }
+  }
+
+  /** Count one permanent failure for an image; returns the new attempt count. */
+  async recordFailure(id: string, status: number | null, message: string): Promise<number> {
+    await this.init();
+    const prev = await this.getAttempts(id);
+    const rec: AttemptRecord = {
+      attempts: prev.attempts + 1,
+      status: status ?? undefined,
+      message,
+      lastTime: new Date().toISOString(),
+    };
+    await writeFileDurable(this.dir, id + ATTEMPTS, JSON.stringify(rec));
+    return rec.attempts;
+  }
+
+  /** Move an image to the dead-letter folder with a reason file. */
+  async deadLetter(
+    id: string,
+    reason: { status: number | null; message: string; attempts: number; sopInstanceUid?: string },
+  ): Promise<void> {
+    await this.init();
+    const full: DeadLetterReason = {
+      status: reason.status,
+      statusHex: reason.status === null ? null : statusHex(reason.status),
+      message: reason.message,
+      attempts: reason.attempts,
+      time: new Date().toISOString(),
+      sopInstanceUid: reason.sopInstanceUid,
+    };
+    await writeFileDurable(this.deadDir, id + REASON, JSON.stringify(full, null, 2) + '\n');
+    await fsp.rename(this.pathOf(id), path.join(this.deadDir, id + DCM));
+    await fsyncDir(this.deadDir);
+    await fsp.rm(path.join(this.dir, id + ATTEMPTS), { force: true });
+    await fsyncDir(this.dir);
+  }
+
+  async listDeadLetters(): Promise<Array<{ id: string; reason?: DeadLetterReason }>> {
+    await this.init();
+    const out: Array<{ id: string; reason?: DeadLetterReason }> = [];
+    for (const n of await fsp.readdir(this.deadDir)) {
+      if (!n.endsWith(DCM) || n.startsWith('.')) continue;
+      const id = n.slice(0, -DCM.length);
+      let reason: DeadLetterReason | undefined;
+      try {
+        reason = JSON.parse(await fsp.readFile(path.join(this.deadDir, id + REASON), 'utf8')) as DeadLetterReason;
+      } catch {
+        reason = undefined;
+      }
+      out.push({ id, reason });
+    }
+    return out;
+  }
+
+  async deadLetterCount(): Promise<number> {
+    await this.init();
+    return (await fsp.readdir(this.deadDir)).filter((n) => n.endsWith(DCM) && !n.startsWith('.')).length;
+  }
+
+  /** Move every dead letter back into the spool with a fresh attempt count. Returns how many. */
+  async retryDeadLetters(): Promise<number> {
+    await this.init();
+    let n = 0;
+    for (const { id } of await this.listDeadLetters()) {
+      const target = this.pathOf(id);
+      // A newer copy already queued wins; the dead one is dropped.
+      const exists = await fsp.stat(target).then(() => true, () => false);
+      if (exists) await fsp.rm(path.join(this.deadDir, id + DCM), { force: true });
+      else await fsp.rename(path.join(this.deadDir, id + DCM), target);
+      await fsp.rm(path.join(this.dir, id + ATTEMPTS), { force: true });
+      await fsp.rm(path.join(this.deadDir, id + REASON), { force: true });
+      n++;
+    }
+    await fsyncDir(this.dir);
+    await fsyncDir(this.deadDir);
+    return n;
+  }
+}
