@@ -4,7 +4,7 @@
 import { existsSync, readFileSync, statSync } from 'fs';
 import { join, resolve, basename } from 'path';
 import YAML from 'yaml';
-import { lookupTag, parseTagRef, suggestKeywords, isPrivateTag } from '../dicom/dictionary';
+import { closestWords, lookupTag, parseTagRef, suggestKeywords, isPrivateTag } from '../dicom/dictionary';
 import { checkValue } from '../dicom/values';
 import { KNOWN_VRS, isKnownVr } from '../dicom/vr';
 import { PROFILE_OPTION_NAMES } from '../deid/options';
@@ -82,8 +82,8 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
       sources.push(ry);
     }
     for (const [file, set] of [
-      ['stations.json', (v: Raw) => { stationsRaw = v; stationsName = 'stations.json'; }],
-      ['studies.json', (v: Raw) => { studiesRaw = v; studiesName = 'studies.json'; }],
+      ['stations.json', (v: Raw) => { stationsRaw = v; stationsName = 'stations.json: stations'; }],
+      ['studies.json', (v: Raw) => { studiesRaw = v; studiesName = 'studies.json: studies'; }],
     ] as const) {
       const f = join(abs, file);
       if (existsSync(f)) {
@@ -168,7 +168,7 @@ function optString(o: Raw, key: string, where: string, p: Problems): string | un
 function checkKeys(o: Raw, allowed: readonly string[], where: string, p: Problems): void {
   for (const k of Object.keys(o)) {
     if (isCommentKey(k) || allowed.includes(k)) continue;
-    const near = allowed.find((a) => a.toLowerCase() === k.toLowerCase());
+    const near = closestWords(k, allowed, 1)[0];
     p.add(`${where}.${k}`, `unknown key${near ? ` (did you mean "${near}"?)` : ` (known: ${allowed.join(', ')})`}`);
   }
 }

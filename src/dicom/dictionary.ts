@@ -70,10 +70,14 @@ export function parseTagRef(ref: string): number | undefined {
 
 /** Closest keywords to a misspelt one, for "did you mean" in config errors. */
 export function suggestKeywords(word: string, max = 3): string[] {
+  return closestWords(word, [...byKeyword.keys()].filter((k) => !k.startsWith('RETIRED_')), max);
+}
+
+/** Candidates within a small edit distance of word, closest first (case-insensitive). */
+export function closestWords(word: string, candidates: Iterable<string>, max = 3): string[] {
   const w = word.toLowerCase();
   const scored: Array<[number, string]> = [];
-  for (const k of byKeyword.keys()) {
-    if (k.startsWith('RETIRED_')) continue;
+  for (const k of candidates) {
     const d = editDistance(w, k.toLowerCase(), 3);
     if (d <= 3) scored.push([d, k]);
   }
