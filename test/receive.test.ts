@@ -8,7 +8,8 @@ import pino from 'pino';
 import { startStorageScp, silenceDimseLibraries, PduFramer, PduFramingError, chooseTransferSyntax, isAcceptedAbstractSyntax } from '../src/receive';
 import type { RunningScp, StoreRequest, ScpOptions } from '../src/receive';
 import { CORPUS_CLEAN, corpusAvailable } from './helpers/corpus';
-import { run, haveTool } from './helpers/dcmtk';
+import * as net from 'net';
+import { run, haveTool, startProcess, stopProcess } from './helpers/dcmtk';
 
 const HOST = '127.0.0.1';
 const AE = 'DEIDROUTER';
@@ -350,5 +351,70 @@ describe('receive: policy and concurrency', { skip }, () => {
     assert.equal(r.code, 0, r.stderr);
     await closing;
     assert.equal(closed, true);
+  });
+});
+
+describe('receive: misbehaving peers', { skip }, () => {
+  /** Connect a raw TCP client, optionally send bytes, resolve when the server closes the connection. */
+  function rawClient(port: number, send?: Buffer): Promise<{ closedAfterMs: number; received: Buffer }> {
+    return new Promise((resolve, reject) => {
+      const t0 = Date.now();
+      const chunks: Buffer[] = [];
+      const s = net.connect({ host: HOST, port }, () => {
+        if (send) s.write(send);
+      });
+      s.on('data', (d) => chunks.push(d));
+      s.on('error', () => undefined);
+      s.on('close', () => resolve({ closedAfterMs: Date.now() - t0, received: Buffer.concat(chunks) }));
+      setTimeout(() => {
+        s.destroy();
+        reject(new Error('server did not close the connection'));
+      }, 5000).unref();
+    });
+  }
+
+  it('closes a connection that never sends an A-ASSOCIATE-RQ, and one that sends garbage', async () => {
+    const rec = await startRecordingScp({ associationRequestTimeoutMs: 200 });
+    try {
+      const silent = await rawClient(rec.scp.port);
+      assert.ok(silent.closedAfterMs >= 150, `closed after ${silent.closedAfterMs} ms`);
+      const garbage = await rawClient(rec.scp.port, Buffer.from('GET / HTTP/1.1\r\nHost: x\r\n\r\n'));
+      assert.ok(garbage.closedAfterMs < 2000);
+      // A PDU announcing a 2 GB length is refused without buffering it.
+      const huge = Buffer.from([0x04, 0x00, 0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+      await rawClient(rec.scp.port, huge);
+      // The SCP still serves.
+      const ok = await run('echoscu', [...aeArgs(), HOST, String(rec.scp.port)]);
+      assert.equal(ok.code, 0, ok.stderr);
+    } finally {
+      await rec.scp.close({ graceMs: 2000 });
+    }
+  });
+
+  it('a peer that vanishes while its C-STORE is in flight does not disturb the SCP', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let entered!: () => void;
+    const handlerEntered = new Promise<void>((r) => (entered = r));
+    let calls = 0;
+    const rec = await startRecordingScp({}, async () => {
+      if (++calls === 1) {
+        entered();
+        await gate;
+      }
+      return 0;
+    });
+    try {
+      const p = startProcess('storescu', [...aeArgs(), HOST, String(rec.scp.port), clean('pydicom__chrGerm.dcm')]);
+      await handlerEntered;
+      await stopProcess(p); // SIGTERM while waiting for our C-STORE-RSP
+      release(); // answer goes to a closed socket: must be dropped quietly
+      await new Promise((r) => setTimeout(r, 100));
+      const r = await run('storescu', [...aeArgs(), HOST, String(rec.scp.port), clean('pydicom__chrX1.dcm')]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(rec.requests.length, 2);
+    } finally {
+      await rec.scp.close({ graceMs: 2000 });
+    }
   });
 });

@@ -21,6 +21,7 @@ import {
   requests as dimseRequests,
 } from 'dcmjs-dimse';
 import type { Logger } from 'pino';
+import { encodeCommandPData, encodeCStoreRspCommand } from './dimse';
 import { PduFramer, PduFramingError } from './framer';
 import { chooseTransferSyntax, isAcceptedAbstractSyntax, VERIFICATION_SOP_CLASS } from './syntaxes';
 import type { RunningScp, ScpOptions, StoreRequest } from './types';
@@ -123,6 +124,8 @@ class Connection {
   lastActivity = Date.now();
   callingAe = '';
   calledAe = '';
+  /** The peer's maximum receive PDU length (0 = unlimited), for our responses. */
+  peerMaxPdu = 0;
   associated = false;
   result: AssocResult | undefined;
   detail: string | undefined;
@@ -317,6 +320,7 @@ class StorageScp extends Scp {
     // sendAssociationAccept() advertises min(association max PDU, Implementation max PDU) as our max receive
     // length. Implementation's value is process-global (dcmjs-dimse's Client reads it too), so raise it only
     // for the duration of this synchronous call.
+    conn.peerMaxPdu = association.getMaxPduLength() ?? 0;
     association.setMaxPduLength(conn.server.maxPdu);
     const prevGlobal = Implementation.getMaxPduLength();
     Implementation.setMaxPduLength(Math.max(prevGlobal, conn.server.maxPdu));
@@ -389,14 +393,26 @@ class StorageScp extends Scp {
     const sopClassUid = (request.getAffectedSopClassUid() ?? '').trim();
     const sopInstanceUid = (request.getAffectedSopInstanceUid() ?? '').trim();
 
-    const answer = (status: number): void => {
+    const answer = (status: number, pcId?: number): void => {
       if (isStoredStatus(status)) conn.images++;
       else conn.failed++;
       if (!conn.writable) return;
       try {
-        const rsp = responses.CStoreResponse.fromRequest(request);
-        rsp.setStatus(status);
-        callback(rsp);
+        if (pcId !== undefined) {
+          // Hand-encoded response: dcmjs-dimse's path (naturalized command -> dcmjs write) costs more CPU
+          // than everything else per image.
+          const command = encodeCStoreRspCommand({
+            sopClassUid,
+            sopInstanceUid,
+            messageIdBeingRespondedTo: request.getMessageId(),
+            status,
+          });
+          conn.socket.write(encodeCommandPData(pcId, command, conn.peerMaxPdu));
+        } else {
+          const rsp = responses.CStoreResponse.fromRequest(request);
+          rsp.setStatus(status);
+          callback(rsp);
+        }
       } catch (err) {
         server.log.warn({ associationId: conn.id, err: errMsg(err) }, 'could not send C-STORE-RSP');
       }
@@ -412,7 +428,7 @@ class StorageScp extends Scp {
     conn.bytes += dataset.length;
     if (!ds.pcAccepted || ds.abstractSyntaxUid === VERIFICATION_SOP_CLASS) {
       server.log.warn({ associationId: conn.id, pcId: ds.pcId }, 'C-STORE on a presentation context that was not accepted for storage');
-      answer(STATUS_SOP_CLASS_NOT_SUPPORTED);
+      answer(STATUS_SOP_CLASS_NOT_SUPPORTED, ds.pcId);
       return;
     }
 
@@ -445,7 +461,7 @@ class StorageScp extends Scp {
         return STATUS_PROCESSING_FAILURE;
       },
     )
-      .then((status) => answer(status))
+      .then((status) => answer(status, ds.pcId))
       .catch((err: unknown) => server.log.error({ associationId: conn.id, err: errMsg(err) }, 'C-STORE answer failed'))
       .finally(() => {
         conn.inFlight--;
