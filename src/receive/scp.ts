@@ -197,7 +197,8 @@ class Connection {
       result: this.result,
       detail: this.detail,
     };
-    if (this.result === 'released') this.server.log.info(line, 'association released');
+    if (!this.callingAe && !this.calledAe) this.server.log.debug(line, `connection without association: ${this.result}`);
+    else if (this.result === 'released') this.server.log.info(line, 'association released');
     else if (this.result === 'rejected') this.server.log.warn(line, 'association rejected');
     else this.server.log.info(line, `association ended: ${this.result}`);
     this.server.onSettled.splice(0).forEach((f) => f());
