@@ -21,6 +21,8 @@ export interface AnonymizeOptions {
 export interface BatchSummary {
   processed: number;
   quarantined: number;
+  /** Inputs holding a SOP instance an earlier input (in path order) already produced. */
+  duplicates: number;
   skipped: number;
   bytesIn: number;
   perStudy: Map<string, number>;
@@ -42,7 +44,7 @@ export async function runAnonymize(pipeline: DeidPipeline, o: AnonymizeOptions):
   const files: string[] = [];
   for await (const f of walk(o.incoming)) files.push(f);
   const quarantine = new Quarantine(o.quarantineDir);
-  const s: BatchSummary = { processed: 0, quarantined: 0, skipped: 0, bytesIn: 0, perStudy: new Map(), seconds: 0 };
+  const s: BatchSummary = { processed: 0, quarantined: 0, duplicates: 0, skipped: 0, bytesIn: 0, perStudy: new Map(), seconds: 0 };
   const started = process.hrtime.bigint();
   let done = 0;
   let lastDraw = 0;
@@ -57,18 +59,63 @@ export async function runAnonymize(pipeline: DeidPipeline, o: AnonymizeOptions):
     o.progress.write(`\r[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${files.length} files, ${(s.bytesIn / 1e6).toFixed(1)} MB, ${(done / Math.max(secs, 1e-3)).toFixed(0)} files/s, ${s.quarantined} quarantined ${final ? '\n' : ''}`);
   };
 
-  const one = async (file: string) => {
+  // Two inputs can hold the same SOP instance (a resend, or one image in two encodings). The first
+  // in path order wins, whatever the order in which workers finish, so that two runs over the same
+  // input give the same output. Claims are made strictly in input order; writes stay parallel.
+  const claimed = new Set<string>();
+  let turn = 0;
+  const waiting = new Map<number, () => void>();
+  const inTurn = async (i: number, claim: () => boolean): Promise<boolean> => {
+    if (turn !== i) await new Promise<void>((resolve) => waiting.set(i, resolve));
+    try {
+      return claim();
+    } finally {
+      turn++;
+      const next = waiting.get(turn);
+      if (next) {
+        waiting.delete(turn);
+        next();
+      }
+    }
+  };
+  const passTurn = (i: number) => inTurn(i, () => true);
+
+  const one = async (file: string, index: number) => {
     const rel = relative(o.incoming, file);
-    const bytes = await fs.readFile(file);
+    let bytes: Buffer;
+    try {
+      bytes = await fs.readFile(file);
+    } catch (e) {
+      await passTurn(index);
+      await quarantine.put([], { stage: 'read', reason: `cannot read the file: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, source: rel });
+      s.quarantined++;
+      return;
+    }
     s.bytesIn += bytes.length;
     if (!looksLikeDicom(bytes)) {
+      await passTurn(index);
       s.skipped++;
       o.logger.debug({ file: rel }, 'skipped: not DICOM');
       return;
     }
     try {
-      const r = pipeline.process({ kind: 'file', bytes });
-      if (r.quarantine || !r.chunks || !r.relativePath) {
+      let r;
+      try {
+        r = pipeline.process({ kind: 'file', bytes });
+      } catch (e) {
+        await passTurn(index);
+        throw e;
+      }
+      const path = r.relativePath;
+      const first = await inTurn(index, () => {
+        if (!path || claimed.has(path)) return !path;
+        claimed.add(path);
+        return true;
+      });
+      if (!first) {
+        s.duplicates++;
+        o.logger.info({ file: rel, output: path }, 'skipped: same SOP instance as an earlier input');
+      } else if (r.quarantine || !r.chunks || !r.relativePath) {
         await quarantine.put([bytes], { stage: 'identify', reason: 'the study named by this image is not configured (unknownStudy: quarantine)', source: rel, study: r.studyName }, { durable: o.fsync });
         s.quarantined++;
       } else {
@@ -90,8 +137,8 @@ export async function runAnonymize(pipeline: DeidPipeline, o: AnonymizeOptions):
   let next = 0;
   const workers = Array.from({ length: Math.max(1, o.concurrency) }, async () => {
     while (next < files.length) {
-      const f = files[next++];
-      await one(f);
+      const i = next++;
+      await one(files[i], i);
       done++;
       draw();
     }
@@ -104,6 +151,6 @@ export async function runAnonymize(pipeline: DeidPipeline, o: AnonymizeOptions):
 
 export function formatSummary(s: BatchSummary): string {
   const studies = [...s.perStudy.entries()].sort().map(([k, v]) => `${k}: ${v}`).join(', ');
-  return `processed ${s.processed}, quarantined ${s.quarantined}, skipped non-DICOM ${s.skipped} in ${s.seconds.toFixed(1)} s` +
+  return `processed ${s.processed}, quarantined ${s.quarantined}, skipped non-DICOM ${s.skipped}, duplicate instances ${s.duplicates} in ${s.seconds.toFixed(1)} s` +
     (studies ? ` (per study: ${studies})` : '');
 }

@@ -198,7 +198,9 @@ function dummyValue(vr: string, ctx: Ctx): Buffer {
 /** Keyed, deterministic UID mapping: the same original UID gives the same 2.25 UID in every file,
  * process and machine that shares the key. UIDs defined by the standard are left alone. */
 export function mapUid(uid: string, key: Buffer, entropy: string | undefined, plan: StudyPlan): string {
-  if (uid === '' || isStandardUid(uid)) return uid;
+  // Standard UIDs identify classes and syntaxes, not people; a value without a dot ("0", seen in
+  // the wild as a placeholder) is not a UID of anything.
+  if (uid === '' || isStandardUid(uid) || !uid.includes('.')) return uid;
   const cacheable = key === plan.uidKey && entropy === undefined;
   if (cacheable) {
     const hit = plan.uidCache.get(uid);
