@@ -384,7 +384,7 @@ export class ForwardQueue {
         }
 
         // Reuse the association if it carries every (SOP class, TS) pair of this batch.
-        if (assoc && (!assoc.isOpen || batch.some((it) => assoc!.contextFor(it.sopClassUid, it.transferSyntaxUid) === undefined))) {
+        if (assoc && (!assoc.isOpen || batch.some((it) => assoc!.contextFor(it.commandSopClassUid, it.transferSyntaxUid) === undefined))) {
           await assoc.release();
           assoc = undefined;
         }
@@ -419,11 +419,11 @@ export class ForwardQueue {
         // Send the batch, one image at a time.
         while (batch.length) {
           const item = batch[0];
-          const pcId = assoc.contextFor(item.sopClassUid, item.transferSyntaxUid);
+          const pcId = assoc.contextFor(item.commandSopClassUid, item.transferSyntaxUid);
           if (pcId === undefined) {
             batch.shift();
             await this.spool.release(item);
-            await this.imageFailed(item.id, item.sopInstanceUid, null, `PACS did not accept presentation context ${item.sopClassUid} / ${item.transferSyntaxUid}`);
+            await this.imageFailed(item.id, item.sopInstanceUid, null, `PACS did not accept presentation context ${item.commandSopClassUid} / ${item.transferSyntaxUid}`);
             continue;
           }
           if (item.datasetLength % 2 !== 0) {
@@ -437,7 +437,7 @@ export class ForwardQueue {
           let status: number;
           let comment: string | undefined;
           try {
-            const r = await assoc.cStore(pcId, item.sopClassUid, item.sopInstanceUid, {
+            const r = await assoc.cStore(pcId, item.commandSopClassUid, item.commandSopInstanceUid, {
               fh: item.fh,
               offset: item.datasetOffset,
               length: item.datasetLength,
@@ -522,10 +522,10 @@ function contextsFor(items: OpenedItem[]): PresentationContextProposal[] {
   const seen = new Set<string>();
   const out: PresentationContextProposal[] = [];
   for (const it of items) {
-    const key = `${it.sopClassUid}|${it.transferSyntaxUid}`;
+    const key = `${it.commandSopClassUid}|${it.transferSyntaxUid}`;
     if (seen.has(key)) continue;
     seen.add(key);
-    out.push({ abstractSyntaxUid: it.sopClassUid, transferSyntaxUid: it.transferSyntaxUid });
+    out.push({ abstractSyntaxUid: it.commandSopClassUid, transferSyntaxUid: it.transferSyntaxUid });
   }
   return out;
 }

@@ -13,6 +13,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { promises as fsp, constants as fsc } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
+import * as zlib from 'node:zlib';
 
 export interface SpoolItemInfo {
   sopInstanceUid: string;
@@ -45,6 +46,10 @@ export interface Part10Meta {
 /** An item opened for sending: the file handle stays open until release()/ack(). */
 export interface OpenedItem extends Part10Meta {
   id: string;
+  /** SOP class / instance UIDs for the C-STORE command: the dataset's own (0008,0016)/(0008,0018) when
+   * readable, else the file meta's. */
+  commandSopClassUid: string;
+  commandSopInstanceUid: string;
   path: string;
   fh: FileHandle;
   size: number;
@@ -128,6 +133,60 @@ export function parsePart10Meta(buf: Buffer, complete = true): Part10Meta {
 
 function trimUid(s: string): string {
   return s.replace(/[\0 ]+$/, '').trim();
+}
+
+const LONG_VRS = new Set(['OB', 'OW', 'OF', 'SQ', 'UT', 'UN', 'UC', 'UR', 'OD', 'OL', 'OV']);
+
+/**
+ * SOPClassUID (0008,0016) and SOPInstanceUID (0008,0018) from the first bytes of a dataset in any transfer
+ * syntax (deflated: inflated on the fly). The C-STORE command must carry these (a PACS checks them against the
+ * dataset), and they can differ from the file meta in odd files. Returns {} when not found in `head`.
+ */
+export function datasetSopUids(head: Buffer, transferSyntaxUid: string): { sopClassUid?: string; sopInstanceUid?: string } {
+  let buf = head;
+  if (transferSyntaxUid === '1.2.840.10008.1.2.1.99') {
+    try {
+      buf = zlib.inflateRawSync(head, { finishFlush: zlib.constants.Z_SYNC_FLUSH });
+    } catch {
+      return {};
+    }
+  }
+  const implicit = transferSyntaxUid === '1.2.840.10008.1.2';
+  const be = transferSyntaxUid === '1.2.840.10008.1.2.2';
+  const u16 = (o: number) => (be ? buf.readUInt16BE(o) : buf.readUInt16LE(o));
+  const u32 = (o: number) => (be ? buf.readUInt32BE(o) : buf.readUInt32LE(o));
+  const out: { sopClassUid?: string; sopInstanceUid?: string } = {};
+  let pos = 0;
+  while (pos + 8 <= buf.length) {
+    const group = u16(pos);
+    const element = u16(pos + 2);
+    if (group > 0x0008 || (group === 0x0008 && element > 0x0018)) break;
+    let len: number;
+    let header: number;
+    if (implicit) {
+      len = u32(pos + 4);
+      header = 8;
+    } else {
+      const vr = buf.toString('latin1', pos + 4, pos + 6);
+      if (LONG_VRS.has(vr)) {
+        if (pos + 12 > buf.length) break;
+        len = u32(pos + 8);
+        header = 12;
+      } else {
+        len = u16(pos + 6);
+        header = 8;
+      }
+    }
+    if (len === 0xffffffff) break; // undefined-length sequence before (0008,0018): give up
+    if (pos + header + len > buf.length) break;
+    if (group === 0x0008 && (element === 0x0016 || element === 0x0018)) {
+      const v = trimUid(buf.toString('latin1', pos + header, pos + header + len));
+      if (element === 0x0016) out.sopClassUid = v;
+      else out.sopInstanceUid = v;
+    }
+    pos += header + len;
+  }
+  return out;
 }
 
 /** File-name id for a SOP instance UID. */
@@ -291,7 +350,13 @@ export class Spool {
         const { bytesRead } = await fh.read(buf, 0, want, 0);
         try {
           const meta = parsePart10Meta(buf.subarray(0, bytesRead), bytesRead >= st.size);
+          const headLen = Math.min(st.size - meta.datasetOffset, 65536);
+          const head = Buffer.alloc(headLen);
+          await fh.read(head, 0, headLen, meta.datasetOffset);
+          const ds = datasetSopUids(head, meta.transferSyntaxUid);
           return {
+            commandSopClassUid: ds.sopClassUid || meta.sopClassUid,
+            commandSopInstanceUid: ds.sopInstanceUid || meta.sopInstanceUid,
             ...meta,
             id,
             path: p,

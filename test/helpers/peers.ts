@@ -8,7 +8,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
-import { parsePart10Meta, type Part10Meta } from '../../src/deliver/spool';
+import { datasetSopUids, parsePart10Meta, type Part10Meta } from '../../src/deliver/spool';
 
 export const CORPUS = process.env.CORPUS_DIR ?? path.resolve(__dirname, '../../../../shared/corpus/clean');
 
@@ -246,6 +246,8 @@ export async function startRefusingScp(opts: { refuseSopInstanceUid: string; sta
 
 export interface CorpusFile extends Part10Meta {
   file: string;
+  /** The dataset's own SOPInstanceUID (what a PACS files the image under); meta's if unreadable. */
+  datasetSopInstanceUid: string;
   bytes: Buffer;
   studyInstanceUid: string;
 }
@@ -262,7 +264,8 @@ export function corpusFiles(dir = CORPUS): CorpusFile[] {
     } catch {
       continue;
     }
-    out.push({ ...meta, file: f, bytes, studyInstanceUid: findStudyUid(bytes, meta) ?? '' });
+    const ds = datasetSopUids(bytes.subarray(meta.datasetOffset, meta.datasetOffset + 65536), meta.transferSyntaxUid);
+    out.push({ ...meta, file: f, bytes, studyInstanceUid: findStudyUid(bytes, meta) ?? '', datasetSopInstanceUid: ds.sopInstanceUid || meta.sopInstanceUid });
   }
   return out;
 }
@@ -298,15 +301,22 @@ export function findStudyUid(bytes: Buffer, meta: Part10Meta): string | undefine
  */
 export function uniqueCorpus(files = corpusFiles()): CorpusFile[] {
   const seen = new Set<string>();
-  return files.map((f, i) => {
-    if (!seen.has(f.sopInstanceUid)) {
+  const out: CorpusFile[] = [];
+  files.forEach((f, i) => {
+    if (!seen.has(f.sopInstanceUid) && !seen.has(f.datasetSopInstanceUid)) {
       seen.add(f.sopInstanceUid);
-      return f;
+      seen.add(f.datasetSopInstanceUid);
+      out.push(f);
+      return;
     }
+    // Files whose dataset UID differs from the meta UID cannot be varied consistently: leave them out.
+    if (f.sopInstanceUid !== f.datasetSopInstanceUid) return;
     const v = makeVariants(f.bytes, 1, i)[0];
     seen.add(v.sopInstanceUid);
-    return { ...f, bytes: v.bytes, sopInstanceUid: v.sopInstanceUid };
+    const ds = datasetSopUids(v.bytes.subarray(f.datasetOffset, f.datasetOffset + 65536), f.transferSyntaxUid).sopInstanceUid;
+    out.push({ ...f, bytes: v.bytes, sopInstanceUid: v.sopInstanceUid, datasetSopInstanceUid: ds || v.sopInstanceUid });
   });
+  return out;
 }
 
 /** Dataset bytes (after the file meta) of a Part-10 file. */
