@@ -1,7 +1,155 @@
+// `serve`: the storage SCP wired to the pipeline and the destinations. The network layer hands us
+// raw dataset bytes; we answer each C-STORE only once its de-identified result is durably stored
+// (folder written + fsynced + renamed, or spooled + fsynced for forwarding).
+import { join } from 'path';
 import type { Logger } from 'pino';
 import type { RouterConfig } from '../config/types';
+import { DeidPipeline, ImageRejected, RoutedImage, Status } from '../pipeline';
+import { startStorageScp, silenceDimseLibraries, StoreRequest, RunningScp } from '../receive';
+import { writeFileAtomic } from '../deliver/folder';
+import { Quarantine } from '../deliver/quarantine';
+import { ForwardQueue, Spool } from '../deliver/forwarder';
+import { part10FromRawDataset } from '../dicom/write';
 
-export async function runServe(_c: RouterConfig, _salt: string, logger: Logger): Promise<number> {
-  logger.error('serve is not wired yet');
-  return 3;
+interface ForwardTarget { spool: Spool; queue: ForwardQueue }
+
+/** Everything a running node holds; `stop` drains it. */
+export interface RunningNode {
+  scp: RunningScp;
+  stop(): Promise<void>;
+}
+
+export async function startNode(c: RouterConfig, salt: string, logger: Logger): Promise<RunningNode> {
+  silenceDimseLibraries(logger);
+  const pipeline = new DeidPipeline(c, salt);
+  const quarantine = new Quarantine(join(c.stateDir, 'quarantine'));
+  const forwards = new Map<string, ForwardTarget>();
+  for (const d of c.destinations.values()) {
+    if (d.type !== 'dicom') continue;
+    const spool = new Spool(c.stateDir, d.name);
+    await spool.init();
+    const queue = new ForwardQueue({
+      destination: {
+        name: d.name, aeTitle: d.aeTitle, host: d.host, port: d.port, callingAeTitle: d.callingAeTitle,
+        maxAssociations: d.maxAssociations,
+        tls: d.tls ? { caFile: d.tls.ca, certFile: d.tls.cert, keyFile: d.tls.key, rejectUnauthorized: d.tls.rejectUnauthorized } : undefined,
+      },
+      spool, logger: logger.child({ destination: d.name }),
+    });
+    queue.start(); // resumes whatever an earlier run left in the spool
+    forwards.set(d.name, { spool, queue });
+  }
+
+  const knownCallers = new Set<string>();
+  for (const s of c.stations.values()) for (const ae of s.aeTitles) knownCallers.add(ae.trim().toUpperCase());
+
+  async function deliver(r: RoutedImage): Promise<void> {
+    const chunks = r.chunks as Buffer[];
+    let joined: Buffer | undefined;
+    for (const name of r.destinations) {
+      const d = c.destinations.get(name);
+      if (!d) throw new Error(`destination ${name} is not configured`);
+      if (d.type === 'folder') {
+        await writeFileAtomic(join(d.path, r.relativePath as string), chunks, { durable: true });
+      } else {
+        const f = forwards.get(name) as ForwardTarget;
+        joined ??= Buffer.concat(chunks);
+        const u = r.uids!;
+        await f.spool.enqueue(joined, { sopInstanceUid: u.sopInstanceUid, sopClassUid: u.sopClassUid, transferSyntaxUid: u.transferSyntaxUid, studyInstanceUid: u.studyInstanceUid });
+        f.queue.notify();
+      }
+    }
+  }
+
+  async function keepOriginal(req: StoreRequest, stage: 'read' | 'identify' | 'deidentify' | 'deliver', reason: string, study?: string): Promise<void> {
+    const original = part10FromRawDataset(req.dataset, req.sopClassUid, req.sopInstanceUid, req.transferSyntaxUid);
+    await quarantine.put(original, { stage, reason, source: `C-STORE from ${req.callingAeTitle} at ${req.peerAddress}`, study });
+  }
+
+  const onStore = async (req: StoreRequest): Promise<number> => {
+    let r: RoutedImage;
+    try {
+      r = pipeline.process({ kind: 'dataset', bytes: req.dataset, transferSyntaxUid: req.transferSyntaxUid }, req.callingAeTitle);
+    } catch (e) {
+      const stage = e instanceof ImageRejected ? e.stage : 'deidentify';
+      const status = e instanceof ImageRejected ? e.status : Status.ProcessingFailure;
+      const reason = (e as Error).message;
+      logger.warn({ callingAe: req.callingAeTitle, association: req.associationId, stage, reason, status: hex(status) }, 'image rejected and quarantined');
+      await keepOriginal(req, stage, reason).catch((qe) => logger.error({ err: (qe as Error).message }, 'quarantine write failed'));
+      return status;
+    }
+    if (r.quarantine) {
+      // Policy (unknownStudy: quarantine), not a failure: the image is safe, the sender is done.
+      try {
+        await keepOriginal(req, 'identify', 'the study named by this image is not configured (unknownStudy: quarantine)', r.studyName);
+      } catch (e) {
+        logger.error({ err: (e as Error).message }, 'quarantine write failed');
+        return outOfResources(e) ? Status.OutOfResources : Status.ProcessingFailure;
+      }
+      logger.info({ callingAe: req.callingAeTitle, station: r.station }, 'image of an unconfigured study quarantined');
+      return Status.Success;
+    }
+    try {
+      await deliver(r);
+    } catch (e) {
+      const status = outOfResources(e) ? Status.OutOfResources : Status.ProcessingFailure;
+      const reason = `delivery failed: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
+      logger.error({ callingAe: req.callingAeTitle, sopInstanceUid: r.uids?.sopInstanceUid, reason, status: hex(status) }, 'image not delivered');
+      await keepOriginal(req, 'deliver', reason, r.studyName).catch(() => undefined);
+      return status;
+    }
+    logger.debug({ study: r.studyName, station: r.station, sopInstanceUid: r.uids?.sopInstanceUid, destinations: r.destinations }, 'image stored');
+    return Status.Success;
+  };
+
+  const scp = await startStorageScp({
+    host: c.listen.host,
+    port: c.listen.port,
+    policy: { aeTitle: c.listen.aeTitle, allowUnknownCallers: c.listen.allowUnknownCallers, isKnownCaller: (ae) => knownCallers.has(ae.trim().toUpperCase()) },
+    onStore,
+    logger,
+  });
+  logger.info({ aeTitle: c.listen.aeTitle, host: c.listen.host, port: scp.port, destinations: [...c.destinations.keys()], stations: c.stations.size, studies: c.studies.size }, 'listening');
+
+  return {
+    scp,
+    async stop() {
+      await scp.close();
+      await Promise.all([...forwards.values()].map((f) => f.queue.stop()));
+    },
+  };
+}
+
+function outOfResources(e: unknown): boolean {
+  const code = (e as NodeJS.ErrnoException).code;
+  return code === 'ENOSPC' || code === 'EDQUOT' || code === 'EMFILE' || code === 'ENFILE' || code === 'ENOMEM';
+}
+
+function hex(status: number): string {
+  return `0x${status.toString(16).padStart(4, '0').toUpperCase()}`;
+}
+
+export async function runServe(c: RouterConfig, salt: string, logger: Logger): Promise<number> {
+  const node = await startNode(c, salt, logger);
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      logger.info({ signal }, 'stopping: no new associations, finishing images in flight');
+      node.stop().then(
+        () => {
+          logger.info('stopped');
+          logger.flush?.();
+          resolve(0);
+        },
+        (e) => {
+          logger.error({ err: (e as Error).message }, 'error while stopping');
+          resolve(3);
+        },
+      );
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
 }

@@ -3,7 +3,7 @@
 import { deflateRawSync } from 'zlib';
 import { DicomObject, Element, Item } from './dataset';
 import { hasLongLength } from './vr';
-import { EXPLICIT_LE, Syntax } from './uids';
+import { EXPLICIT_LE, IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, Syntax } from './uids';
 
 const UNDEFINED = 0xffffffff;
 
@@ -133,4 +133,24 @@ export function writeDataset(obj: DicomObject): Buffer {
   writeElements(obj.dataset, obj.syntax, out);
   const raw = Buffer.concat(out);
   return obj.deflated ? deflateRawSync(raw) : raw;
+}
+
+/** A Part-10 file around dataset bytes as received (e.g. by C-STORE), without re-encoding them:
+ * the original of a failed image is kept exactly as it came. */
+export function part10FromRawDataset(dataset: Buffer, sopClassUid: string, sopInstanceUid: string, transferSyntaxUid: string): Buffer[] {
+  const str = (tag: number, vr: string, v: string): Element => {
+    let b = Buffer.from(v, 'latin1');
+    if (b.length & 1) b = Buffer.concat([b, Buffer.from([vr === 'UI' ? 0 : 0x20])]);
+    return { tag, vr, value: b, undefinedLength: false };
+  };
+  const meta: Element[] = [
+    { tag: 0x00020001, vr: 'OB', value: Buffer.from([0, 1]), undefinedLength: false },
+    str(0x00020002, 'UI', sopClassUid),
+    str(0x00020003, 'UI', sopInstanceUid),
+    str(0x00020010, 'UI', transferSyntaxUid),
+    str(0x00020012, 'UI', IMPLEMENTATION_CLASS_UID),
+    str(0x00020013, 'SH', IMPLEMENTATION_VERSION_NAME),
+  ];
+  const head = part10Chunks({ meta, dataset: [], transferSyntaxUid, syntax: EXPLICIT_LE, deflated: false, hadMeta: true });
+  return [...head, dataset];
 }
