@@ -172,6 +172,19 @@ describe('receive: storage SCP against dcmtk', { skip }, () => {
     assert.equal(r.code, 0, r.stderr);
   });
 
+  it('announces the configured implementation class UID and max PDU', async () => {
+    const other = await startRecordingScp({ implementationClassUid: '2.25.1234567', implementationVersionName: 'RECEIVE_TEST', maxPduLength: 32768 });
+    try {
+      const r = await run('echoscu', ['-d', ...aeArgs(), HOST, String(other.scp.port)]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, /Their Implementation Class UID:\s*2\.25\.1234567/);
+      assert.match(r.stderr, /Their Implementation Version Name:\s*RECEIVE_TEST/);
+      assert.match(r.stderr, /Association Accepted \(Max Send PDV: 32756\)/);
+    } finally {
+      await other.scp.close({ graceMs: 2000 });
+    }
+  });
+
   it('rejects an unknown calling AE (calling-AE-not-recognized)', async () => {
     const r = await run('echoscu', [...aeArgs('STRANGER'), HOST, String(rec.scp.port)]);
     assert.notEqual(r.code, 0);

@@ -319,16 +319,25 @@ class StorageScp extends Scp {
     }
 
     // sendAssociationAccept() advertises min(association max PDU, Implementation max PDU) as our max receive
-    // length. Implementation's value is process-global (dcmjs-dimse's Client reads it too), so raise it only
-    // for the duration of this synchronous call.
+    // length, and Implementation's class UID / version. Implementation is process-global (dcmjs-dimse's Client
+    // reads it too), so change it only for the duration of this synchronous call.
     conn.peerMaxPdu = association.getMaxPduLength() ?? 0;
     association.setMaxPduLength(conn.server.maxPdu);
-    const prevGlobal = Implementation.getMaxPduLength();
-    Implementation.setMaxPduLength(Math.max(prevGlobal, conn.server.maxPdu));
+    const { implementationClassUid, implementationVersionName } = conn.server.opts;
+    const prev = {
+      pdu: Implementation.getMaxPduLength(),
+      uid: Implementation.getImplementationClassUid(),
+      version: Implementation.getImplementationVersion(),
+    };
     try {
+      Implementation.setMaxPduLength(Math.max(prev.pdu, conn.server.maxPdu));
+      if (implementationClassUid) Implementation.setImplementationClassUid(implementationClassUid);
+      if (implementationVersionName) Implementation.setImplementationVersion(implementationVersionName.slice(0, 16));
       this.sendAssociationAccept();
     } finally {
-      Implementation.setMaxPduLength(prevGlobal);
+      Implementation.setMaxPduLength(prev.pdu);
+      Implementation.setImplementationClassUid(prev.uid);
+      Implementation.setImplementationVersion(prev.version);
     }
     conn.associated = true;
     conn.lastActivity = Date.now();

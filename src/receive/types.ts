@@ -42,6 +42,10 @@ export interface ScpOptions {
   logger: Logger;
   /** Max PDU length we advertise (what peers may send us). Default 262144, clamped to [4096, 4194304]. */
   maxPduLength?: number;
+  /** Implementation Class UID / Version Name we announce in the A-ASSOCIATE-AC (default: dcmjs-dimse's). */
+  implementationClassUid?: string;
+  /** At most 16 characters. */
+  implementationVersionName?: string;
   /** Close a connection that sent no A-ASSOCIATE-RQ within this time. Default 30 000 ms. */
   associationRequestTimeoutMs?: number;
   /** Abort an association idle this long (no PDU received and no C-STORE being processed). Default 300 000 ms. */
