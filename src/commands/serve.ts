@@ -10,6 +10,7 @@ import { writeFileAtomic } from '../deliver/folder';
 import { Quarantine } from '../deliver/quarantine';
 import { ForwardQueue, Spool } from '../deliver/forwarder';
 import { part10FromRawDataset } from '../dicom/write';
+import { IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME } from '../dicom/uids';
 
 interface ForwardTarget { spool: Spool; queue: ForwardQueue }
 
@@ -108,6 +109,8 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     policy: { aeTitle: c.listen.aeTitle, allowUnknownCallers: c.listen.allowUnknownCallers, isKnownCaller: (ae) => knownCallers.has(ae.trim().toUpperCase()) },
     onStore,
     logger,
+    implementationClassUid: IMPLEMENTATION_CLASS_UID,
+    implementationVersionName: IMPLEMENTATION_VERSION_NAME,
   });
   logger.info({ aeTitle: c.listen.aeTitle, host: c.listen.host, port: scp.port, destinations: [...c.destinations.keys()], stations: c.stations.size, studies: c.studies.size }, 'listening');
 
