@@ -89,6 +89,9 @@ export function isStored(status: number): boolean {
 
 type DestState = 'unknown' | 'up' | 'down';
 
+/** Images up to this size are read ahead into memory while the previous one is in flight. */
+const PREFETCH_MAX = 8 * 1024 * 1024;
+
 interface Known {
   size: number;
   mtimeMs: number;
@@ -113,6 +116,8 @@ export class ForwardQueue {
   private deadLetters = 0;
   /** Consecutive association failures while an image was being sent (in memory only). */
   private interruptions = new Map<string, number>();
+  private pendingAcks = new Set<Promise<void>>();
+  private prefetched = new Map<OpenedItem, Promise<Buffer | undefined>>();
   private state: DestState = 'unknown';
   private consecutiveFailures = 0;
   private nextConnectAt = 0;
@@ -280,30 +285,36 @@ export class ForwardQueue {
   private async claim(n: number): Promise<OpenedItem[]> {
     this.promoteDue();
     if (this.scanRequested || this.pending.length === 0) await this.scan();
-    const out: OpenedItem[] = [];
-    while (out.length < n && this.pending.length) {
+    const ids: string[] = [];
+    while (ids.length < n && this.pending.length) {
       const id = this.pending.shift()!;
       const k = this.known.get(id);
       if (!k || k.state !== 'pending') continue;
       k.state = 'inflight';
-      let item: OpenedItem | undefined;
-      try {
-        item = await this.spool.open(id);
-      } catch (e) {
-        if (e instanceof Part10Error) {
-          await this.toDeadLetter(id, null, `unreadable spool file: ${e.message}`, 0);
+      ids.push(id);
+    }
+    // Open in parallel (file meta and dataset head only).
+    const opened = await Promise.all(ids.map((id) => this.spool.open(id).then((item) => ({ id, item }), (err: unknown) => ({ id, err }))));
+    const out: OpenedItem[] = [];
+    for (const r of opened) {
+      if ('err' in r) {
+        if (r.err instanceof Part10Error) {
+          await this.toDeadLetter(r.id, null, `unreadable spool file: ${r.err.message}`, 0);
         } else {
-          this.log.error({ sopInstanceUid: id, err: errMessage(e) }, 'cannot open spool file');
-          this.unclaim(id, true);
+          this.log.error({ sopInstanceUid: r.id, err: errMessage(r.err) }, 'cannot open spool file; will retry');
+          const k = this.known.get(r.id);
+          if (k) {
+            k.state = 'delayed';
+            this.delayed.set(r.id, Date.now() + this.backoff.maxMs);
+          }
         }
-        continue;
+      } else if (!r.item) {
+        this.known.delete(r.id);
+      } else {
+        const k = this.known.get(r.id);
+        if (k) k.size = r.item.size;
+        out.push(r.item);
       }
-      if (!item) {
-        this.known.delete(id);
-        continue;
-      }
-      k.size = item.size;
-      out.push(item);
     }
     return out;
   }
@@ -319,9 +330,15 @@ export class ForwardQueue {
 
   private async returnItems(items: OpenedItem[]): Promise<void> {
     for (let i = items.length - 1; i >= 0; i--) {
-      await this.spool.release(items[i]);
+      await this.releaseItem(items[i]);
       this.unclaim(items[i].id, true);
     }
+  }
+
+  /** Close an item's file (after any read-ahead on it finished); the image stays in the spool. */
+  private async releaseItem(item: OpenedItem): Promise<void> {
+    await this.takePrefetched(item);
+    await this.spool.release(item);
   }
 
   private backoffDelay(n: number): number {
@@ -366,9 +383,15 @@ export class ForwardQueue {
   private async worker(index: number): Promise<void> {
     let assoc: StoreAssociation | undefined;
     let batch: OpenedItem[] = [];
+    /** The next batch, claimed while the current one is being sent. */
+    let nextBatch: Promise<OpenedItem[]> | undefined;
     try {
       while (!this.stopping) {
-        if (batch.length === 0) batch = await this.claim(this.batchSize);
+        if (batch.length === 0) {
+          batch = nextBatch ? await nextBatch : await this.claim(this.batchSize);
+          nextBatch = undefined;
+          if (batch.length === 0) batch = await this.claim(this.batchSize);
+        }
         if (batch.length === 0) {
           // Nothing to do: keep an open association a little for new work, then release it.
           const due = this.promoteDue();
@@ -422,7 +445,7 @@ export class ForwardQueue {
           const pcId = assoc.contextFor(item.commandSopClassUid, item.transferSyntaxUid);
           if (pcId === undefined) {
             batch.shift();
-            await this.spool.release(item);
+            await this.releaseItem(item);
             await this.imageFailed(item.id, item.sopInstanceUid, null, `PACS did not accept presentation context ${item.commandSopClassUid} / ${item.transferSyntaxUid}`);
             continue;
           }
@@ -430,18 +453,24 @@ export class ForwardQueue {
             // PS3.5 7.1: values, hence datasets, have even length; DICOM peers abort on odd PDV fragments
             // (dcmtk: "Odd Fragment Length"). Sending it unchanged is impossible: park it for an operator.
             batch.shift();
-            await this.spool.release(item);
+            await this.releaseItem(item);
             await this.toDeadLetter(item.id, null, `odd dataset length ${item.datasetLength}: cannot be sent unchanged`, 0);
             continue;
           }
           let status: number;
           let comment: string | undefined;
           try {
-            const r = await assoc.cStore(pcId, item.commandSopClassUid, item.commandSopInstanceUid, {
-              fh: item.fh,
-              offset: item.datasetOffset,
-              length: item.datasetLength,
-            });
+            // Read the next image while this one is on the wire and the PACS is answering; near the end of
+            // the batch, claim (open) the next batch too.
+            if (batch[1]) this.prefetch(batch[1]);
+            if (batch.length <= 4 && !nextBatch && !this.stopping && this.pending.length > 0) nextBatch = this.claim(this.batchSize);
+            const pre = await this.takePrefetched(item);
+            const r = await assoc.cStore(
+              pcId,
+              item.commandSopClassUid,
+              item.commandSopInstanceUid,
+              pre ?? { fh: item.fh, offset: item.datasetOffset, length: item.datasetLength },
+            );
             status = r.status;
             comment = r.errorComment;
           } catch (e) {
@@ -455,7 +484,7 @@ export class ForwardQueue {
             this.markDown(e);
             if (n % 2 === 0) {
               batch.shift();
-              await this.spool.release(item);
+              await this.releaseItem(item);
               await this.imageFailed(item.id, item.sopInstanceUid, null, `association failed ${n} times while sending this image: ${errMessage(e)}`);
             }
             await this.returnItems(batch);
@@ -465,22 +494,57 @@ export class ForwardQueue {
           this.interruptions.delete(item.id);
           batch.shift();
           if (isStored(status)) {
-            const deleted = await this.spool.ack(item);
             if (status !== 0) this.log.warn({ sopInstanceUid: item.sopInstanceUid, status: statusHex(status), comment }, 'stored with warning');
             else this.log.debug({ sopInstanceUid: item.sopInstanceUid }, 'stored');
-            if (deleted) this.known.delete(item.id);
-            else this.unclaim(item.id, false); // replaced meanwhile by a newer copy: send that too
+            // Delete in the background: the next C-STORE does not wait for the unlink.
+            const p = this.spool.ack(item).then(
+              (deleted) => {
+                if (deleted) this.known.delete(item.id);
+                else this.unclaim(item.id, false); // replaced meanwhile by a newer copy: send that too
+              },
+              (e: unknown) => {
+                this.log.error({ sopInstanceUid: item.sopInstanceUid, err: errMessage(e) }, 'cannot delete delivered spool file; it will be sent again');
+                this.unclaim(item.id, false);
+              },
+            );
+            this.pendingAcks.add(p);
+            void p.finally(() => this.pendingAcks.delete(p));
           } else {
-            await this.spool.release(item);
+            await this.releaseItem(item);
             await this.imageFailed(item.id, item.sopInstanceUid, status, comment ?? '');
           }
           if (this.stopping) break;
         }
       }
     } finally {
+      if (nextBatch) await this.returnItems(await nextBatch);
       await this.returnItems(batch);
       if (assoc) await assoc.release();
+      await Promise.all([...this.pendingAcks]);
     }
+  }
+
+  /** Start reading an image's dataset bytes into memory (only images up to PREFETCH_MAX bytes). */
+  private prefetch(item: OpenedItem): void {
+    if (this.prefetched.has(item) || item.datasetLength > PREFETCH_MAX) return;
+    const p = (async () => {
+      const buf = Buffer.allocUnsafe(item.datasetLength);
+      let got = 0;
+      while (got < buf.length) {
+        const { bytesRead } = await item.fh.read(buf, got, buf.length - got, item.datasetOffset + got);
+        if (bytesRead === 0) return undefined;
+        got += bytesRead;
+      }
+      return buf;
+    })().catch(() => undefined);
+    this.prefetched.set(item, p);
+  }
+
+  private async takePrefetched(item: OpenedItem): Promise<Buffer | undefined> {
+    const p = this.prefetched.get(item);
+    if (!p) return undefined;
+    this.prefetched.delete(item);
+    return p;
   }
 
   private async imageFailed(id: string, sopInstanceUid: string, status: number | null, message: string): Promise<void> {

@@ -199,6 +199,15 @@ export function statusHex(status: number): string {
   return '0x' + status.toString(16).toUpperCase().padStart(4, '0');
 }
 
+/** unlink, ignoring a file that is already gone (cheaper than fs.rm, which lstat()s first). */
+async function unlinkIfExists(p: string): Promise<void> {
+  try {
+    await fsp.unlink(p);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+}
+
 async function fsyncDir(dir: string): Promise<void> {
   let fh: FileHandle | undefined;
   try {
@@ -225,7 +234,7 @@ async function writeFileDurable(dir: string, name: string, data: Buffer | string
   try {
     await fsp.rename(tmp, path.join(dir, name));
   } catch (e) {
-    await fsp.rm(tmp, { force: true });
+    await unlinkIfExists(tmp);
     throw e;
   }
   await fsyncDir(dir);
@@ -236,6 +245,8 @@ export class Spool {
   readonly dir: string;
   readonly deadDir: string;
   private ready: Promise<void> | undefined;
+  /** Ids known to have an attempts file (so ack() need not try to delete one for every image). */
+  private withAttempts = new Set<string>();
 
   constructor(stateDir: string, destination: string) {
     if (!/^[A-Za-z0-9._-]+$/.test(destination) || destination.startsWith('.')) {
@@ -257,7 +268,7 @@ export class Spool {
             if (!name.startsWith(TMP_PREFIX)) continue;
             const p = path.join(d, name);
             const st = await fsp.stat(p).catch(() => undefined);
-            if (st && Date.now() - st.mtimeMs > STALE_TMP_MS) await fsp.rm(p, { force: true });
+            if (st && Date.now() - st.mtimeMs > STALE_TMP_MS) await unlinkIfExists(p);
           }
         }
       })();
@@ -283,13 +294,14 @@ export class Spool {
     const id = spoolId(info.sopInstanceUid);
     await writeFileDurable(this.dir, id + DCM, part10);
     // A fresh copy starts with a clean failure count.
-    await fsp.rm(path.join(this.dir, id + ATTEMPTS), { force: true });
+    await unlinkIfExists(path.join(this.dir, id + ATTEMPTS));
   }
 
   /** Ids of the spooled images (no stat, no read). */
   async listIds(): Promise<string[]> {
     await this.init();
     const names = await fsp.readdir(this.dir);
+    for (const n of names) if (n.endsWith(ATTEMPTS)) this.withAttempts.add(n.slice(0, -ATTEMPTS.length));
     return names.filter((n) => n.endsWith(DCM) && !n.startsWith('.')).map((n) => n.slice(0, -DCM.length));
   }
 
@@ -344,15 +356,18 @@ export class Spool {
     }
     try {
       const st = await fh.stat();
-      let want = Math.min(st.size, 16384);
+      // One read normally covers the file meta and the start of the dataset (for its SOP UIDs).
+      let want = Math.min(st.size, 32768);
       for (;;) {
         const buf = Buffer.alloc(want);
         const { bytesRead } = await fh.read(buf, 0, want, 0);
         try {
           const meta = parsePart10Meta(buf.subarray(0, bytesRead), bytesRead >= st.size);
-          const headLen = Math.min(st.size - meta.datasetOffset, 65536);
-          const head = Buffer.alloc(headLen);
-          await fh.read(head, 0, headLen, meta.datasetOffset);
+          let head = buf.subarray(meta.datasetOffset, bytesRead);
+          if (head.length < 4096 && bytesRead < st.size) {
+            head = Buffer.alloc(Math.min(st.size - meta.datasetOffset, 65536));
+            await fh.read(head, 0, head.length, meta.datasetOffset);
+          }
           const ds = datasetSopUids(head, meta.transferSyntaxUid);
           return {
             commandSopClassUid: ds.sopClassUid || meta.sopClassUid,
@@ -394,8 +409,8 @@ export class Spool {
     const st = await fsp.stat(item.path).catch(() => undefined);
     if (!st) return true;
     if (st.ino !== item.ino || st.mtimeMs !== item.mtimeMs) return false;
-    await fsp.rm(item.path, { force: true });
-    await fsp.rm(path.join(this.dir, item.id + ATTEMPTS), { force: true });
+    await unlinkIfExists(item.path);
+    if (this.withAttempts.delete(item.id)) await unlinkIfExists(path.join(this.dir, item.id + ATTEMPTS));
     return true;
   }
 
@@ -419,6 +434,7 @@ export class Spool {
       lastTime: new Date().toISOString(),
     };
     await writeFileDurable(this.dir, id + ATTEMPTS, JSON.stringify(rec));
+    this.withAttempts.add(id);
     return rec.attempts;
   }
 
@@ -439,7 +455,7 @@ export class Spool {
     await writeFileDurable(this.deadDir, id + REASON, JSON.stringify(full, null, 2) + '\n');
     await fsp.rename(this.pathOf(id), path.join(this.deadDir, id + DCM));
     await fsyncDir(this.deadDir);
-    await fsp.rm(path.join(this.dir, id + ATTEMPTS), { force: true });
+    await unlinkIfExists(path.join(this.dir, id + ATTEMPTS));
     await fsyncDir(this.dir);
   }
 
@@ -473,10 +489,10 @@ export class Spool {
       const target = this.pathOf(id);
       // A newer copy already queued wins; the dead one is dropped.
       const exists = await fsp.stat(target).then(() => true, () => false);
-      if (exists) await fsp.rm(path.join(this.deadDir, id + DCM), { force: true });
+      if (exists) await unlinkIfExists(path.join(this.deadDir, id + DCM));
       else await fsp.rename(path.join(this.deadDir, id + DCM), target);
-      await fsp.rm(path.join(this.dir, id + ATTEMPTS), { force: true });
-      await fsp.rm(path.join(this.deadDir, id + REASON), { force: true });
+      await unlinkIfExists(path.join(this.dir, id + ATTEMPTS));
+      await unlinkIfExists(path.join(this.deadDir, id + REASON));
       n++;
     }
     await fsyncDir(this.dir);

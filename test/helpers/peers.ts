@@ -351,7 +351,7 @@ export async function countFiles(dir: string): Promise<number> {
  * n copies of a Part-10 file, each with a distinct SOP instance UID of the same length, replaced everywhere
  * the original UID string occurs (file meta and dataset), so lengths and offsets do not change.
  */
-export function makeVariants(part10: Buffer, n: number, seed = 1): Array<{ bytes: Buffer; sopInstanceUid: string }> {
+export function makeVariants(part10: Buffer, n: number, seed = 1, from = 0): Array<{ bytes: Buffer; sopInstanceUid: string }> {
   const meta = parsePart10Meta(part10);
   const uid = meta.sopInstanceUid;
   if (uid.length < 12) throw new Error('UID too short to vary');
@@ -360,7 +360,7 @@ export function makeVariants(part10: Buffer, n: number, seed = 1): Array<{ bytes
   for (let i = part10.indexOf(needle); i >= 0; i = part10.indexOf(needle, i + 1)) positions.push(i);
   const out: Array<{ bytes: Buffer; sopInstanceUid: string }> = [];
   const width = uid.length - 5; // "2.25." + digits
-  for (let k = 0; k < n; k++) {
+  for (let k = from; k < from + n; k++) {
     const prefix = String(100 + (seed % 900)); // always 3 digits, no leading zero
     const body = String(k).padStart(width - prefix.length, '0');
     if (prefix.length + body.length !== width) throw new Error('too many variants for this UID length');
