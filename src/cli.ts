@@ -6,8 +6,6 @@ import { join, resolve } from 'path';
 import { loadConfig } from './config/load';
 import { resolveSalt, saltPath } from './config/salt';
 import { ConfigError, RouterConfig } from './config/types';
-import { DeidPipeline } from './pipeline';
-import { formatSummary, runAnonymize } from './commands/anonymize';
 import { createLogger } from './observe/logger';
 import { formatTag, lookupTag } from './dicom/dictionary';
 
@@ -116,11 +114,11 @@ async function main(argv: string[]): Promise<number> {
       if (outgoing.startsWith(incoming + '/') || outgoing === incoming) fail('OUTGOING must not be inside INCOMING');
       const c = load(values.config);
       const salt = resolveSalt(c, logger);
-      const pipeline = new DeidPipeline(c, salt);
+      const { formatSummary, runAnonymize } = await import('./commands/anonymize');
       const quarantineDir = resolve(values.quarantine ?? join(c.stateDir, 'quarantine'));
-      const summary = await runAnonymize(pipeline, {
+      const summary = await runAnonymize(c, salt, {
         incoming, outgoing, quarantineDir, move: values.move === true, fsync: values.fsync === true,
-        concurrency: values.concurrency ? Math.max(1, parseInt(values.concurrency, 10) || 1) : 4,
+        concurrency: values.concurrency !== undefined ? Math.max(0, parseInt(values.concurrency, 10) || 0) : undefined,
         progress: process.stderr.isTTY ? process.stderr : undefined, logger,
       });
       process.stdout.write(formatSummary(summary) + '\n');

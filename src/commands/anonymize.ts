@@ -1,11 +1,19 @@
 // Batch mode: INCOMING folder -> OUTGOING folder, as the original script did.
-import { promises as fs, Dirent } from 'fs';
-import { join, relative } from 'path';
+//
+// Files are read, de-identified and written to temporary files by worker threads (one per core),
+// and committed here in input order: renamed into place, or dropped when an earlier input already
+// produced the same SOP instance (one image sent twice, or in two encodings). Committing in input
+// order makes two runs over the same input give the same output, whatever the thread timing.
+import { readdirSync, readFileSync, renameSync, rmSync, unlinkSync, openSync, fsyncSync, closeSync } from 'fs';
+import { availableParallelism } from 'os';
+import { dirname, join, relative } from 'path';
+import { Worker } from 'worker_threads';
 import type { Logger } from 'pino';
-import { DeidPipeline, ImageRejected } from '../pipeline';
-import { looksLikeDicom } from '../dicom/read';
-import { writeFileAtomic } from '../deliver/folder';
+import type { RouterConfig } from '../config/types';
+import { DeidPipeline } from '../pipeline';
 import { Quarantine } from '../deliver/quarantine';
+import { FileResult, processFile } from './batch-file';
+import type { BatchJob, BatchWorkerData } from './batch-worker';
 
 export interface AnonymizeOptions {
   incoming: string;
@@ -13,7 +21,8 @@ export interface AnonymizeOptions {
   quarantineDir: string;
   move: boolean;
   fsync: boolean;
-  concurrency: number;
+  /** Worker threads; 0 or 1 processes in this thread. Default: one per core. */
+  concurrency?: number;
   progress: NodeJS.WriteStream | undefined;
   logger: Logger;
 }
@@ -29,25 +38,29 @@ export interface BatchSummary {
   seconds: number;
 }
 
-async function* walk(dir: string): AsyncGenerator<string> {
-  let entries: Dirent[];
-  entries = await fs.readdir(dir, { withFileTypes: true });
+function listFiles(dir: string, out: string[] = []): string[] {
+  const entries = readdirSync(dir, { withFileTypes: true });
   entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   for (const e of entries) {
     const p = join(dir, e.name);
-    if (e.isDirectory()) yield* walk(p);
-    else if (e.isFile()) yield p;
+    if (e.isDirectory()) listFiles(p, out);
+    else if (e.isFile()) out.push(p);
   }
+  return out;
 }
 
-export async function runAnonymize(pipeline: DeidPipeline, o: AnonymizeOptions): Promise<BatchSummary> {
-  const files: string[] = [];
-  for await (const f of walk(o.incoming)) files.push(f);
+/** Below this many files, starting threads costs more than it saves. */
+const MIN_FILES_FOR_WORKERS = 64;
+const JOB_SIZE = 8;
+
+export async function runAnonymize(config: RouterConfig, salt: string, o: AnonymizeOptions): Promise<BatchSummary> {
+  const started = process.hrtime.bigint();
+  const files = listFiles(o.incoming);
   const quarantine = new Quarantine(o.quarantineDir);
   const s: BatchSummary = { processed: 0, quarantined: 0, duplicates: 0, skipped: 0, bytesIn: 0, perStudy: new Map(), seconds: 0 };
-  const started = process.hrtime.bigint();
-  let done = 0;
+  const claimed = new Set<string>();
   let lastDraw = 0;
+  let done = 0;
   const draw = (final = false) => {
     if (!o.progress) return;
     const now = Date.now();
@@ -59,94 +72,126 @@ export async function runAnonymize(pipeline: DeidPipeline, o: AnonymizeOptions):
     o.progress.write(`\r[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${files.length} files, ${(s.bytesIn / 1e6).toFixed(1)} MB, ${(done / Math.max(secs, 1e-3)).toFixed(0)} files/s, ${s.quarantined} quarantined ${final ? '\n' : ''}`);
   };
 
-  // Two inputs can hold the same SOP instance (a resend, or one image in two encodings). The first
-  // in path order wins, whatever the order in which workers finish, so that two runs over the same
-  // input give the same output. Claims are made strictly in input order; writes stay parallel.
-  const claimed = new Set<string>();
-  let turn = 0;
-  const waiting = new Map<number, () => void>();
-  const inTurn = async (i: number, claim: () => boolean): Promise<boolean> => {
-    if (turn !== i) await new Promise<void>((resolve) => waiting.set(i, resolve));
-    try {
-      return claim();
-    } finally {
-      turn++;
-      const next = waiting.get(turn);
-      if (next) {
-        waiting.delete(turn);
-        next();
-      }
-    }
-  };
-  const passTurn = (i: number) => inTurn(i, () => true);
-
-  const one = async (file: string, index: number) => {
+  /** Applies one result; called strictly in input order. */
+  const commit = async (index: number, r: FileResult): Promise<void> => {
+    const file = files[index];
     const rel = relative(o.incoming, file);
-    let bytes: Buffer;
-    try {
-      bytes = await fs.readFile(file);
-    } catch (e) {
-      await passTurn(index);
-      await quarantine.put([], { stage: 'read', reason: `cannot read the file: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, source: rel });
-      s.quarantined++;
-      return;
-    }
-    s.bytesIn += bytes.length;
-    if (!looksLikeDicom(bytes)) {
-      await passTurn(index);
+    s.bytesIn += r.bytes;
+    let handled = true;
+    if (r.kind === 'skipped') {
       s.skipped++;
+      handled = false;
       o.logger.debug({ file: rel }, 'skipped: not DICOM');
-      return;
-    }
-    try {
-      let r;
-      try {
-        r = pipeline.process({ kind: 'file', bytes });
-      } catch (e) {
-        await passTurn(index);
-        throw e;
-      }
-      const path = r.relativePath;
-      const first = await inTurn(index, () => {
-        if (!path || claimed.has(path)) return !path;
-        claimed.add(path);
-        return true;
-      });
-      if (!first) {
+    } else if (r.kind === 'written') {
+      if (claimed.has(r.rel)) {
+        unlinkSync(r.tmp);
         s.duplicates++;
-        o.logger.info({ file: rel, output: path }, 'skipped: same SOP instance as an earlier input');
-      } else if (r.quarantine || !r.chunks || !r.relativePath) {
-        await quarantine.put([bytes], { stage: 'identify', reason: 'the study named by this image is not configured (unknownStudy: quarantine)', source: rel, study: r.studyName }, { durable: o.fsync });
-        s.quarantined++;
+        o.logger.debug({ file: rel, output: r.rel }, 'skipped: same SOP instance as an earlier input');
       } else {
-        await writeFileAtomic(join(o.outgoing, r.relativePath), r.chunks, { durable: o.fsync });
+        claimed.add(r.rel);
+        const final = join(o.outgoing, r.rel);
+        renameSync(r.tmp, final);
+        if (o.fsync) syncDirSync(dirname(final));
         s.processed++;
-        s.perStudy.set(r.studyName, (s.perStudy.get(r.studyName) ?? 0) + 1);
+        s.perStudy.set(r.study, (s.perStudy.get(r.study) ?? 0) + 1);
       }
-    } catch (e) {
-      const stage = e instanceof ImageRejected ? e.stage : 'deliver';
-      const reason = (e as Error).message;
-      await quarantine.put([bytes], { stage, reason, source: rel }, { durable: o.fsync });
+    } else {
+      let original: Buffer[] = [];
+      try {
+        original = [readFileSync(file)];
+      } catch {
+        /* unreadable: the reason file says so */
+      }
+      await quarantine.put(original, { stage: r.stage, reason: r.reason, source: rel, study: r.study }, { durable: o.fsync });
       s.quarantined++;
-      o.logger.warn({ file: rel, stage, reason }, 'quarantined');
-      return;
+      handled = original.length > 0;
+      o.logger.warn({ file: rel, stage: r.stage, reason: r.reason }, 'quarantined');
     }
-    if (o.move) await fs.rm(file);
+    if (o.move && handled) rmSync(file);
+    done++;
+    draw();
   };
 
-  let next = 0;
-  const workers = Array.from({ length: Math.max(1, o.concurrency) }, async () => {
-    while (next < files.length) {
-      const i = next++;
-      await one(files[i], i);
-      done++;
-      draw();
-    }
-  });
-  await Promise.all(workers);
+  const threads = Math.max(0, Math.floor(o.concurrency ?? availableParallelism()));
+  if (threads <= 1 || files.length < MIN_FILES_FOR_WORKERS) {
+    const pipeline = new DeidPipeline(config, salt);
+    for (let i = 0; i < files.length; i++) await commit(i, processFile(pipeline, files[i], o.outgoing, o.fsync));
+  } else {
+    await runWithWorkers(config, salt, o, files, threads, commit);
+  }
   draw(true);
   s.seconds = Number(process.hrtime.bigint() - started) / 1e9;
   return s;
+}
+
+async function runWithWorkers(
+  config: RouterConfig, salt: string, o: AnonymizeOptions, files: string[], threads: number,
+  commit: (index: number, r: FileResult) => Promise<void>,
+): Promise<void> {
+  const data: BatchWorkerData = { config, salt, outgoing: o.outgoing, fsync: o.fsync };
+  const pending = new Map<number, FileResult>();
+  let nextToCommit = 0;
+  let nextToSend = 0;
+  let committing = Promise.resolve();
+  let failure: Error | undefined;
+
+  await new Promise<void>((resolve, reject) => {
+    const workers: Worker[] = [];
+    let finished = false;
+    const finish = (e?: Error) => {
+      if (finished) return;
+      finished = true;
+      for (const w of workers) void w.terminate();
+      if (e) reject(e);
+      else resolve();
+    };
+    const send = (w: Worker) => {
+      if (nextToSend >= files.length) return;
+      const items: BatchJob['items'] = [];
+      while (items.length < JOB_SIZE && nextToSend < files.length) items.push({ index: nextToSend, path: files[nextToSend++] });
+      w.postMessage({ items } satisfies BatchJob);
+    };
+    const drain = () => {
+      committing = committing.then(async () => {
+        while (!failure && pending.has(nextToCommit)) {
+          const r = pending.get(nextToCommit) as FileResult;
+          pending.delete(nextToCommit);
+          await commit(nextToCommit, r);
+          nextToCommit++;
+        }
+        if (nextToCommit === files.length) finish();
+      }).catch((e: Error) => {
+        failure = e;
+        finish(e);
+      });
+    };
+    for (let t = 0; t < threads; t++) {
+      const w = new Worker(join(__dirname, 'batch-worker.js'), { workerData: data });
+      workers.push(w);
+      w.on('message', (results: Array<{ index: number; result: FileResult }>) => {
+        for (const { index, result } of results) pending.set(index, result);
+        send(w);
+        drain();
+      });
+      w.on('error', (e) => finish(new Error(`batch worker failed: ${e.message}`)));
+      w.on('exit', (code) => {
+        if (!finished && code !== 0) finish(new Error(`batch worker exited with code ${code}`));
+      });
+      // Two jobs in flight per worker: it never waits for us between jobs.
+      send(w);
+      send(w);
+    }
+    if (files.length === 0) finish();
+  });
+}
+
+function syncDirSync(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 export function formatSummary(s: BatchSummary): string {

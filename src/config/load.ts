@@ -3,7 +3,6 @@
 // resolves it to typed objects.
 import { existsSync, readFileSync, statSync } from 'fs';
 import { join, resolve, basename } from 'path';
-import YAML from 'yaml';
 import { closestWords, lookupTag, parseTagRef, suggestKeywords, isPrivateTag } from '../dicom/dictionary';
 import { checkValue } from '../dicom/values';
 import { KNOWN_VRS, isKnownVr } from '../dicom/vr';
@@ -48,7 +47,9 @@ function readStructured(file: string, p: Problems): Raw | undefined {
     return undefined;
   }
   try {
-    const v = file.endsWith('.json') ? JSON.parse(text) : YAML.parse(text);
+    // yaml is required only when a YAML file is read: it is the costliest module at start-up.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const v = file.endsWith('.json') ? JSON.parse(text) : (require('yaml') as typeof import('yaml')).parse(text);
     if (v === null || v === undefined) return {};
     if (!isObj(v)) {
       p.add(file, 'must contain a mapping at top level');

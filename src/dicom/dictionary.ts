@@ -1,14 +1,21 @@
 // Tag <-> keyword <-> VR lookups over the generated PS3.6 dictionary.
-import { DICTIONARY_ROWS } from './dictionary.generated';
+import { DICTIONARY_TEXT } from './dictionary.generated';
 
 export interface DictEntry { tag: number; vr: string; keyword: string; vm: string; retired: boolean }
 
 const byTag = new Map<number, DictEntry>();
 const byKeyword = new Map<string, DictEntry>();
-for (const [tag, vr, keyword, vm, retired] of DICTIONARY_ROWS) {
-  const e: DictEntry = { tag, vr, keyword, vm, retired: retired === 1 };
-  byTag.set(tag, e);
+for (const line of DICTIONARY_TEXT.split('\n')) {
+  if (!line) continue;
+  const [tag, vr, keyword, vm, retired] = line.split(' ');
+  const e: DictEntry = { tag: parseInt(tag, 16) >>> 0, vr, keyword, vm, retired: retired === '1' };
+  byTag.set(e.tag, e);
   byKeyword.set(keyword, e);
+}
+
+/** Every dictionary entry, for generators and tests. */
+export function dictionaryEntries(): IterableIterator<DictEntry> {
+  return byTag.values();
 }
 
 /** Repeating groups (50xx curves, 60xx overlays) are listed once under their base group. */

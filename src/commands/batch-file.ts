@@ -1,0 +1,66 @@
+// One input file of a batch run: read, identify, de-identify, and write the result to a temporary
+// file beside its final place. Renaming it into place (or dropping it as a duplicate) is the
+// coordinator's job, in input order. Synchronous on purpose: this runs in worker threads, where
+// blocking calls are the cheapest way to do several small file operations per image.
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, writevSync } from 'fs';
+import { dirname, join } from 'path';
+import { threadId } from 'worker_threads';
+import { DeidPipeline, ImageRejected } from '../pipeline';
+import { looksLikeDicom } from '../dicom/read';
+
+export type FileResult =
+  | { kind: 'skipped'; bytes: number }
+  | { kind: 'written'; rel: string; tmp: string; study: string; bytes: number }
+  | { kind: 'quarantine'; stage: 'read' | 'identify' | 'deidentify' | 'deliver'; reason: string; study?: string; bytes: number };
+
+const madeDirs = new Set<string>();
+let tmpCounter = 0;
+
+function writeAllSync(fd: number, chunks: Buffer[]): void {
+  let pending = chunks;
+  while (pending.length) {
+    const batch = pending.length > 1024 ? pending.slice(0, 1024) : pending;
+    let written = writevSync(fd, batch);
+    let i = 0;
+    while (i < batch.length && written >= batch[i].length) {
+      written -= batch[i].length;
+      i++;
+    }
+    const rest = pending.slice(batch.length);
+    pending = i < batch.length ? [batch[i].subarray(written), ...batch.slice(i + 1), ...rest] : rest;
+  }
+}
+
+export function processFile(pipeline: DeidPipeline, path: string, outgoing: string, fsync: boolean): FileResult {
+  let bytes: Buffer;
+  try {
+    bytes = readFileSync(path);
+  } catch (e) {
+    return { kind: 'quarantine', stage: 'read', reason: `cannot read the file: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, bytes: 0 };
+  }
+  if (!looksLikeDicom(bytes)) return { kind: 'skipped', bytes: bytes.length };
+  try {
+    const r = pipeline.process({ kind: 'file', bytes });
+    if (r.quarantine || !r.chunks || !r.relativePath) {
+      return { kind: 'quarantine', stage: 'identify', reason: 'the study named by this image is not configured (unknownStudy: quarantine)', study: r.studyName, bytes: bytes.length };
+    }
+    const final = join(outgoing, r.relativePath);
+    const dir = dirname(final);
+    if (!madeDirs.has(dir)) {
+      mkdirSync(dir, { recursive: true });
+      madeDirs.add(dir);
+    }
+    const tmp = join(dir, `.tmp-${process.pid}-${threadId}-${++tmpCounter}`);
+    const fd = openSync(tmp, 'w', 0o644);
+    try {
+      writeAllSync(fd, r.chunks);
+      if (fsync) fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    return { kind: 'written', rel: r.relativePath, tmp, study: r.studyName, bytes: bytes.length };
+  } catch (e) {
+    if (e instanceof ImageRejected) return { kind: 'quarantine', stage: e.stage, reason: e.message, bytes: bytes.length };
+    return { kind: 'quarantine', stage: 'deliver', reason: `cannot write the result: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, bytes: bytes.length };
+  }
+}
