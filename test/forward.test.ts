@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
-import { after, describe, test } from 'node:test';
+import { after, describe, test, type TestContext } from 'node:test';
 import { ForwardQueue, type DicomDestination } from '../src/deliver/forwarder';
 import { Spool, parsePart10Meta } from '../src/deliver/spool';
 import { silentLogger } from '../src/observe/logger';
@@ -44,9 +44,20 @@ async function drained(spool: Spool, q: ForwardQueue, timeoutMs: number): Promis
   await waitFor(async () => (await spool.backlog()).count === 0 && q.stats().inFlight === 0, timeoutMs, 'spool to drain');
 }
 
-async function withPeer<T extends Peer>(p: Promise<T>): Promise<T> {
+/** A temp dir removed when the test file ends. */
+async function tmp(prefix: string): Promise<string> {
+  const d = await tmpDir(prefix);
+  cleanups.unshift(() => fsp.rm(d, { recursive: true, force: true }));
+  return d;
+}
+
+/** Stop the peer when the test ends, pass or fail (and at the very end, as a safety net). */
+async function withPeer<T extends Peer>(t: TestContext, p: Promise<T>): Promise<T> {
   const peer = await p;
-  cleanups.push(() => peer.stop());
+  let stopped: Promise<void> | undefined;
+  const stop = () => (stopped ??= peer.stop());
+  t.after(stop);
+  cleanups.push(stop);
   return peer;
 }
 
@@ -66,10 +77,10 @@ describe('forward to a PACS', { concurrency: 1 }, () => {
     assert.ok(ts.size >= 8, `only ${ts.size} transfer syntaxes`);
   });
 
-  test('storescp (bit-preserving) receives every corpus file byte for byte, in its own transfer syntax', async () => {
-    const state = await tmpDir('fwd-state-');
-    const out = await tmpDir('fwd-out-');
-    const scp = await withPeer(startStorescp({ dir: out }));
+  test('storescp (bit-preserving) receives every corpus file byte for byte, in its own transfer syntax', async (t) => {
+    const state = await tmp('fwd-state-');
+    const out = await tmp('fwd-out-');
+    const scp = await withPeer(t, startStorescp({ dir: out }));
     const spool = new Spool(state, 'pacs');
     await enqueueAll(spool, CORPUS);
     const q = new ForwardQueue({ destination: dest(scp.port), spool, logger: silentLogger() });
@@ -88,10 +99,10 @@ describe('forward to a PACS', { concurrency: 1 }, () => {
     assertSameDatasets(even, received);
   });
 
-  test('Orthanc receives the images; REST lists the expected studies, series and instances', async () => {
-    const state = await tmpDir('fwd-state-');
-    const odir = await tmpDir('fwd-orthanc-');
-    const orthanc = await withPeer(startOrthanc({ dir: odir }));
+  test('Orthanc receives the images; REST lists the expected studies, series and instances', async (t) => {
+    const state = await tmp('fwd-state-');
+    const odir = await tmp('fwd-orthanc-');
+    const orthanc = await withPeer(t, startOrthanc({ dir: odir }));
     // Files Orthanc can index: little endian ones with a StudyInstanceUID we can read.
     const files = CORPUS.filter((f) => f.studyInstanceUid && (f.bytes.length - f.datasetOffset) % 2 === 0);
     const spool = new Spool(state, 'pacs');
@@ -112,9 +123,9 @@ describe('forward to a PACS', { concurrency: 1 }, () => {
     assert.ok(series.length >= want.length && series.length <= instances.length);
   });
 
-  test('PACS down at start and up 10 s later: every image arrives, spool empty', async () => {
-    const state = await tmpDir('fwd-state-');
-    const out = await tmpDir('fwd-out-');
+  test('PACS down at start and up 10 s later: every image arrives, spool empty', async (t) => {
+    const state = await tmp('fwd-state-');
+    const out = await tmp('fwd-out-');
     const port = await freePort();
     const files = CORPUS.filter((f) => (f.bytes.length - f.datasetOffset) % 2 === 0).slice(0, 20);
     const spool = new Spool(state, 'pacs');
@@ -124,7 +135,7 @@ describe('forward to a PACS', { concurrency: 1 }, () => {
     await sleep(10000);
     assert.equal(q.stats().backlog, files.length);
     assert.equal(q.destinationState, 'down');
-    await withPeer(startStorescp({ dir: out, port }));
+    await withPeer(t, startStorescp({ dir: out, port }));
     await drained(spool, q, 30000);
     await q.stop();
     assert.equal(q.destinationState, 'up');
@@ -133,11 +144,11 @@ describe('forward to a PACS', { concurrency: 1 }, () => {
     assertSameDatasets(files, await readReceived(out));
   });
 
-  test('forwarder killed with SIGKILL mid-transfer and restarted: every enqueued image arrives', async () => {
-    const state = await tmpDir('fwd-state-');
-    const out = await tmpDir('fwd-out-');
-    const src = await tmpDir('fwd-src-');
-    const scp = await withPeer(startStorescp({ dir: out }));
+  test('forwarder killed with SIGKILL mid-transfer and restarted: every enqueued image arrives', async (t) => {
+    const state = await tmp('fwd-state-');
+    const out = await tmp('fwd-out-');
+    const src = await tmp('fwd-src-');
+    const scp = await withPeer(t, startStorescp({ dir: out }));
     const base = CORPUS.find((f) => f.file === 'octave__CT-MONO2-16-ankle.dcm') ?? CORPUS[0];
     const variants = makeVariants(base.bytes, 300, 7);
     const list: string[] = [];
@@ -178,11 +189,11 @@ describe('forward to a PACS', { concurrency: 1 }, () => {
     assertSameDatasets(variants.filter((v) => enqueued.has(v.sopInstanceUid)), received);
   });
 
-  test('a PACS refusing one image: it ends in the dead letters with the status, the others arrive', async () => {
-    const state = await tmpDir('fwd-state-');
+  test('a PACS refusing one image: it ends in the dead letters with the status, the others arrive', async (t) => {
+    const state = await tmp('fwd-state-');
     const files = CORPUS.filter((f) => f.transferSyntaxUid === '1.2.840.10008.1.2.1').slice(0, 8);
     const victim = files[3];
-    const scp = await withPeer(startRefusingScp({ refuseSopInstanceUid: victim.sopInstanceUid, status: 0xa900 }));
+    const scp = await withPeer(t, startRefusingScp({ refuseSopInstanceUid: victim.sopInstanceUid, status: 0xa900 }));
     const spool = new Spool(state, 'pacs');
     await enqueueAll(spool, files);
     const q = new ForwardQueue({
@@ -210,8 +221,8 @@ describe('forward to a PACS', { concurrency: 1 }, () => {
     assert.equal((await spool.listDeadLetters()).length, 0);
   });
 
-  test('the same SOP instance enqueued twice is one spool file', async () => {
-    const state = await tmpDir('fwd-state-');
+  test('the same SOP instance enqueued twice is one spool file', async (t) => {
+    const state = await tmp('fwd-state-');
     const spool = new Spool(state, 'pacs');
     await enqueueAll(spool, [CORPUS[0], CORPUS[0]]);
     assert.equal((await spool.backlog()).count, 1);
