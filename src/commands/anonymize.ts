@@ -21,7 +21,7 @@ export interface AnonymizeOptions {
   quarantineDir: string;
   move: boolean;
   fsync: boolean;
-  /** Worker threads; 0 or 1 processes in this thread. Default: one per core. */
+  /** Worker threads; 0 or 1 processes in this thread. Default: cores - 1 from 4 cores on, else 0. */
   concurrency?: number;
   progress: NodeJS.WriteStream | undefined;
   logger: Logger;
@@ -112,7 +112,10 @@ export async function runAnonymize(config: RouterConfig, salt: string, o: Anonym
     draw();
   };
 
-  const threads = Math.max(0, Math.floor(o.concurrency ?? availableParallelism()));
+  // Measured on 2 cores: one thread beats two workers (each worker loads and warms up the engine
+  // on its own, and the main thread still commits); workers pay off from 4 cores on.
+  const cores = availableParallelism();
+  const threads = Math.max(0, Math.floor(o.concurrency ?? (cores >= 4 ? cores - 1 : 0)));
   if (threads <= 1 || files.length < MIN_FILES_FOR_WORKERS) {
     const pipeline = new DeidPipeline(config, salt);
     for (let i = 0; i < files.length; i++) await commit(i, processFile(pipeline, files[i], o.outgoing, o.fsync));
