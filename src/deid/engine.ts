@@ -114,17 +114,25 @@ function exemptFromVrRules(tag: number): boolean {
 }
 
 export function resolveOp(el: Element, plan: StudyPlan): Op {
-  const tagOp = plan.tagOps.get(el.tag);
-  if (tagOp) return tagOp;
   const vr = effectiveVr(el);
-  if (!exemptFromVrRules(el.tag)) {
-    const vrOp = plan.vrOps.get(vr);
-    if (vrOp) return vrOp;
-  }
-  if (plan.basicProfile) {
+  if (plan.vrOps.size === 0) {
+    const op = plan.mergedOps.get(el.tag); // tag rule, else profile row
+    if (op) return op;
+  } else {
+    const tagOp = plan.tagOps.get(el.tag);
+    if (tagOp) return tagOp;
+    if (!exemptFromVrRules(el.tag)) {
+      const vrOp = plan.vrOps.get(vr);
+      if (vrOp) return vrOp;
+    }
     const base = plan.baseOps.get(el.tag);
     if (base) return base;
-    for (const [mask, value, op] of plan.repeatingOps) if (((el.tag & mask) >>> 0) === value) return op;
+  }
+  if (plan.basicProfile) {
+    const group = el.tag >>> 16;
+    if ((group & 0xff00) === 0x5000 || (group & 0xff00) === 0x6000) {
+      for (const [mask, value, op] of plan.repeatingOps) if (((el.tag & mask) >>> 0) === value) return op;
+    }
     // Safety net beyond Table E.1-1: a person's name in an attribute the table does not list
     // (newer attributes, SR content) is still a person's name.
     if (vr === 'PN') return { op: 'clear' };

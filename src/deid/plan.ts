@@ -25,6 +25,8 @@ export interface StudyPlan {
   tagOps: Map<number, Op>;
   vrOps: Map<string, Op>;
   baseOps: Map<number, Op>;
+  /** baseOps overlaid with tagOps: one lookup per element when the study has no VR rules. */
+  mergedOps: Map<number, Op>;
   /** Repeating-group rows (50xx curves, 60xx overlays): [mask, value, op]. */
   repeatingOps: Array<[number, number, Op]>;
   removePrivate: boolean;
@@ -119,8 +121,11 @@ export function compilePlan(study: StudyConfig, globalSalt: string): StudyPlan {
 
   return {
     studyName: study.name, basicProfile: basic, tagOps, vrOps, baseOps, repeatingOps,
+    mergedOps: new Map([...baseOps, ...tagOps]),
     removePrivate: study.removePrivateTags, keepPrivate: study.keepPrivate, uidKey,
-    uidCache: new LRUCache<string, string>({ max: 200_000 }),
+    // Study, series and frame-of-reference UIDs repeat across a study's files; instance UIDs mostly
+    // do not. A modest size keeps the cache cheap to create (it preallocates) and to keep.
+    uidCache: new LRUCache<string, string>({ max: 10_000 }),
     methodCodes, methodText, longitudinal, options: study.options,
   };
 }
