@@ -183,22 +183,26 @@ function resolveTag(ref: string, where: string, p: Problems): number | undefined
   return tag;
 }
 
-const STATION_KEYS = ['TagForStudy', 'Split', 'SplitIndex', 'AETitles'];
-
-function parseStations(raw: unknown, where: string, p: Problems): Map<string, StationConfig> {
-  const out = new Map<string, StationConfig>();
-  if (raw === undefined) return out;
+/** Calls fn for each named entry of a mapping of mappings, reporting what is not one. */
+function eachEntry(raw: unknown, where: string, what: string, p: Problems, fn: (name: string, v: Raw, w: string) => void): void {
+  if (raw === undefined) return;
   if (!isObj(raw)) {
-    p.add(where, 'must be a mapping of station name to station');
-    return out;
+    p.add(where, `must be a mapping of ${what}`);
+    return;
   }
   for (const [name, v] of Object.entries(raw)) {
     if (isCommentKey(name)) continue;
     const w = `${where}.${name}`;
-    if (!isObj(v)) {
-      p.add(w, 'must be a mapping');
-      continue;
-    }
+    if (!isObj(v)) p.add(w, 'must be a mapping');
+    else fn(name, v, w);
+  }
+}
+
+const STATION_KEYS = ['TagForStudy', 'Split', 'SplitIndex', 'AETitles'];
+
+function parseStations(raw: unknown, where: string, p: Problems): Map<string, StationConfig> {
+  const out = new Map<string, StationConfig>();
+  eachEntry(raw, where, 'station name to station', p, (name, v, w) => {
     checkKeys(v, STATION_KEYS, w, p);
     const tagRef = v.TagForStudy ?? 'ProtocolName';
     let tag: number | undefined;
@@ -219,7 +223,7 @@ function parseStations(raw: unknown, where: string, p: Problems): Map<string, St
         aeTitles: Array.isArray(aes) ? aes.filter((a): a is string => typeof a === 'string').map((a) => a.trim()) : [],
       });
     }
-  }
+  });
   // One calling AE must identify one station.
   const seen = new Map<string, string>();
   for (const s of out.values()) {
@@ -240,18 +244,7 @@ const HASHABLE_VRS = new Set(['AE', 'CS', 'LO', 'LT', 'PN', 'SH', 'ST', 'UC', 'U
 
 function parseStudies(raw: unknown, where: string, p: Problems): Map<string, StudyConfig> {
   const out = new Map<string, StudyConfig>();
-  if (raw === undefined) return out;
-  if (!isObj(raw)) {
-    p.add(where, 'must be a mapping of study name to study');
-    return out;
-  }
-  for (const [name, v] of Object.entries(raw)) {
-    if (isCommentKey(name)) continue;
-    const w = `${where}.${name}`;
-    if (!isObj(v)) {
-      p.add(w, 'must be a mapping');
-      continue;
-    }
+  eachEntry(raw, where, 'study name to study', p, (name, v, w) => {
     checkKeys(v, STUDY_KEYS, w, p);
     const profile = v.Profile ?? 'basic';
     if (profile !== 'basic' && profile !== 'none') p.add(`${w}.Profile`, `"${String(profile)}" is not one of basic, none`);
@@ -310,7 +303,7 @@ function parseStudies(raw: unknown, where: string, p: Problems): Map<string, Stu
       name, profile: profile === 'none' ? 'none' : 'basic', options, removePrivateTags: rpt !== false,
       keepPrivate, tagRules, vrRules, salt: typeof salt === 'string' ? salt : undefined, dateOffset, destinations,
     });
-  }
+  });
   return out;
 }
 
@@ -450,18 +443,7 @@ function parseListen(v: unknown, where: string, p: Problems): RouterConfig['list
 
 function parseDestinations(v: unknown, where: string, p: Problems): Map<string, DestinationConfig> {
   const out = new Map<string, DestinationConfig>();
-  if (v === undefined) return out;
-  if (!isObj(v)) {
-    p.add(where, 'must be a mapping of name to destination');
-    return out;
-  }
-  for (const [name, d] of Object.entries(v)) {
-    if (isCommentKey(name)) continue;
-    const w = `${where}.${name}`;
-    if (!isObj(d)) {
-      p.add(w, 'must be a mapping');
-      continue;
-    }
+  eachEntry(v, where, 'name to destination', p, (name, d, w) => {
     if (d.type === 'folder') {
       checkKeys(d, ['type', 'path'], w, p);
       if (typeof d.path !== 'string' || !d.path) p.add(`${w}.path`, 'must be a folder path');
@@ -488,7 +470,7 @@ function parseDestinations(v: unknown, where: string, p: Problems): Map<string, 
     } else {
       p.add(`${w}.type`, `"${String(d.type)}" is not one of folder, dicom`);
     }
-  }
+  });
   return out;
 }
 
