@@ -1,0 +1,405 @@
+// Benchmark (issue "network node" performance): one storescu association of N distinct ~530 KB CT images to
+//   (a) dcmtk `storescp -od DIR` (receive + write, no de-identification, no fsync), and
+//   (b) our `serve` (receive + de-identify + durable write: temp file, fsync, rename, fsync dir) with a folder
+//       destination,
+// alternating a/b in the same run, several rounds. Reports images/s, MB/s, the receiver's peak RSS (VmHWM,
+// read from /proc just before stopping it), and the median per-round ratio b/a. A third, informative line
+// per round, (c), is the durable-write floor of this disk: the same N de-identified-sized files written by
+// writeFileAtomic (fsync + rename + dir fsync) from this process, one at a time, with no network at all.
+//
+// Build: npm run build && npx tsc -p tsconfig.test.json
+// Usage: node .build-test/bench/scp-bench.js [--rounds 3] [--count 500] [--profile DIR] [--no-floor]
+//   --profile DIR   start the router with `node --cpu-prof --cpu-prof-dir DIR` and print its top self-time
+//                   functions after each (b) run.
+// The last line is "RESULT scp ratio=X.XX" (target >= 0.5).
+// All dcmtk tools run with TCP_NODELAY=1 (test/helpers/dcmtk); everything binds/connects on 127.0.0.1 with
+// free ports, and every process is stopped by its pid.
+import { promises as fsp } from 'node:fs';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { run, startProcess, stopProcess, freePort, waitForPort, type StartedProcess } from '../test/helpers/dcmtk';
+import { makeVariants } from '../test/helpers/peers';
+import { writeFileAtomic } from '../src/deliver/folder';
+
+// ------------------------------------------------------------------------------------------ shared helpers
+// (exported for bench/e2e-bench.ts)
+
+export const MB = 1024 * 1024;
+export const SOURCE_NAME = 'octave__CT-MONO2-16-ankle.dcm';
+
+export function phiCorpusDir(): string {
+  return process.env.DEID_SHARED_DIR
+    ? path.join(process.env.DEID_SHARED_DIR, 'corpus', 'phi')
+    : path.resolve(process.cwd(), '../shared/corpus/phi');
+}
+
+/** Repository root (the bench runs from .build-test/bench/). */
+export const REPO = path.resolve(__dirname, '../..');
+export const CLI = path.join(REPO, 'dist', 'cli.js');
+
+export function argValue(name: string, dflt: string | undefined): string | undefined {
+  const i = process.argv.indexOf(name);
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : dflt;
+}
+export function argFlag(name: string): boolean {
+  return process.argv.includes(name);
+}
+
+export async function tmp(prefix: string): Promise<string> {
+  return fsp.mkdtemp(path.join(os.tmpdir(), prefix));
+}
+
+/** n distinct variants (distinct SOP Instance UIDs) of the source image, written to a fresh temp dir. */
+export async function makeSources(n: number, seed: number): Promise<{ dir: string; files: string[]; bytes: number; sourceBytes: number }> {
+  const src = path.join(phiCorpusDir(), SOURCE_NAME);
+  const base = await fsp.readFile(src);
+  const dir = await tmp('bench-src-');
+  const files: string[] = [];
+  let bytes = 0;
+  const CHUNK = 250; // bound the bench's own memory for large n
+  for (let from = 0; from < n; from += CHUNK) {
+    for (const v of makeVariants(base, Math.min(CHUNK, n - from), seed, from)) {
+      const f = path.join(dir, `${v.sopInstanceUid}.dcm`);
+      await fsp.writeFile(f, v.bytes);
+      files.push(f);
+      bytes += v.bytes.length;
+    }
+  }
+  return { dir, files, bytes, sourceBytes: base.length };
+}
+
+/** Peak resident set size (VmHWM) of a live process, in bytes. */
+export function peakRss(pid: number): number {
+  const s = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+  const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(s);
+  if (!m) throw new Error(`no VmHWM for pid ${pid}`);
+  return Number(m[1]) * 1024;
+}
+
+/** Regular files under dir, recursively, that are not our temp files (.tmp-*). */
+export function countFilesDeep(dir: string, suffix = ''): number {
+  if (!fs.existsSync(dir)) return 0;
+  let n = 0;
+  for (const e of fs.readdirSync(dir, { withFileTypes: true, recursive: true })) {
+    if (e.isFile() && !e.name.startsWith('.tmp-') && e.name.endsWith(suffix)) n++;
+  }
+  return n;
+}
+
+/** Files directly in dir (storescp -od writes flat). */
+export function countFilesFlat(dir: string): number {
+  try {
+    return fs.readdirSync(dir).length;
+  } catch {
+    return 0;
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export function median(a: number[]): number {
+  const s = [...a].sort((x, y) => x - y);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+export function now(): number {
+  return Number(process.hrtime.bigint()) / 1e9;
+}
+
+/** storescp (no --fork: one process) writing into dir; stopped by pid with stopProcess. */
+export async function startDcmtkStorescp(dir: string, aeTitle: string): Promise<{ proc: StartedProcess; port: number }> {
+  const port = await freePort();
+  const proc = startProcess('storescp', ['-aet', aeTitle, '-od', dir, String(port)]);
+  try {
+    await Promise.race([
+      waitForPort(port),
+      proc.exited.then((e) => {
+        throw new Error(`storescp exited (${e.code ?? e.signal}): ${proc.output().stderr}`);
+      }),
+    ]);
+  } catch (e) {
+    await stopProcess(proc);
+    throw e;
+  }
+  return { proc, port };
+}
+
+export interface RouterProcess {
+  proc: StartedProcess;
+  port: number;
+  dir: string;
+  outgoing: string;
+  stateDir: string;
+  /** Log lines at warn (40) or above, and any stderr. */
+  problems(): string[];
+}
+
+/** `node dist/cli.js serve --config DIR/router.yaml` with a fresh temp dir, free port and random salt. */
+export async function startRouter(opts: {
+  defaultDestination: 'outgoing' | 'pacs';
+  pacsPort?: number;
+  pacsAeTitle?: string;
+  maxAssociations?: number;
+  profileDir?: string;
+}): Promise<RouterProcess> {
+  const dir = await tmp('bench-router-');
+  const port = await freePort();
+  const outgoing = path.join(dir, 'outgoing');
+  const stateDir = path.join(dir, 'state');
+  const dest = opts.pacsPort
+    ? `  pacs: { type: dicom, aeTitle: ${opts.pacsAeTitle ?? 'PACS'}, host: 127.0.0.1, port: ${opts.pacsPort}, callingAeTitle: DEID_ROUTER, maxAssociations: ${opts.maxAssociations ?? 2} }\n`
+    : '';
+  const yaml =
+    `listen: { aeTitle: DEID_ROUTER, host: 127.0.0.1, port: ${port}, allowUnknownCallers: false }\n` +
+    `stateDir: ${stateDir}\n` +
+    `destinations:\n` +
+    `  outgoing: { type: folder, path: ${outgoing} }\n` +
+    dest +
+    `defaultDestination: ${opts.defaultDestination}\n` +
+    `stations: { default: { TagForStudy: ProtocolName, AETitles: [STORESCU] } }\n`;
+  await fsp.writeFile(path.join(dir, 'router.yaml'), yaml);
+  const nodeArgs = opts.profileDir ? ['--cpu-prof', '--cpu-prof-dir', opts.profileDir] : [];
+  const proc = startProcess(process.execPath, [...nodeArgs, CLI, 'serve', '--config', path.join(dir, 'router.yaml')], {
+    env: { DEID_SALT: randomBytes(16).toString('hex') },
+    cwd: dir,
+  });
+  const deadline = Date.now() + 20_000;
+  while (!/"msg":"listening"/.test(proc.output().stdout)) {
+    if (proc.child.exitCode !== null || proc.child.signalCode !== null) {
+      throw new Error(`router exited before listening:\n${proc.output().stdout}\n${proc.output().stderr}`);
+    }
+    if (Date.now() > deadline) {
+      await stopProcess(proc);
+      throw new Error(`router did not log "listening" within 20 s:\n${proc.output().stdout}\n${proc.output().stderr}`);
+    }
+    await sleep(20);
+  }
+  await waitForPort(port);
+  const problems = (): string[] => {
+    const out: string[] = [];
+    for (const line of proc.output().stdout.split('\n')) {
+      if (!line.trim()) continue;
+      try {
+        const j = JSON.parse(line) as { level?: number };
+        if ((j.level ?? 0) >= 40) out.push(line);
+      } catch {
+        out.push(`(not JSON) ${line}`);
+      }
+    }
+    const err = proc.output().stderr.trim();
+    if (err) out.push(`stderr: ${err}`);
+    return out;
+  };
+  return { proc, port, dir, outgoing, stateDir, problems };
+}
+
+export async function storescu(aec: string, port: number, files: string[]): Promise<void> {
+  const r = await run('storescu', ['-aet', 'STORESCU', '-aec', aec, '127.0.0.1', String(port), ...files], { timeoutMs: 30 * 60_000 });
+  if (r.code !== 0) throw new Error(`storescu exit ${r.code ?? r.signal}: ${(r.stderr + r.stdout).slice(-2000)}`);
+}
+
+/**
+ * Summary of the newest .cpuprofile in dir: top self-time functions and files, and inclusive time of the
+ * project's own functions (dist/). Samples under module loading (require) are counted apart as start-up.
+ */
+export function summariseProfile(dir: string, top = 20): string {
+  const files = fs.readdirSync(dir).filter((f) => f.endsWith('.cpuprofile')).map((f) => path.join(dir, f));
+  if (!files.length) return `(no .cpuprofile in ${dir})`;
+  files.sort((x, y) => fs.statSync(y).mtimeMs - fs.statSync(x).mtimeMs);
+  const file = files[0];
+  const prof = JSON.parse(fs.readFileSync(file, 'utf8')) as {
+    nodes: Array<{ id: number; callFrame: { functionName: string; url: string; lineNumber: number }; children?: number[] }>;
+    samples: number[];
+    timeDeltas: number[];
+    startTime: number;
+    endTime: number;
+  };
+  const byId = new Map(prof.nodes.map((n) => [n.id, n]));
+  const parent = new Map<number, number>();
+  for (const n of prof.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const label = (id: number): { fn: string; file: string } => {
+    const n = byId.get(id)!;
+    const url = n.callFrame.url.replace(/^file:\/\//, '').replace(REPO + '/', '');
+    return { fn: `${n.callFrame.functionName || '(anonymous)'}  ${url}${url ? ':' + (n.callFrame.lineNumber + 1) : ''}`, file: url || n.callFrame.functionName };
+  };
+  const startup = new Map<number, boolean>();
+  const isStartup = (id: number): boolean => {
+    const known = startup.get(id);
+    if (known !== undefined) return known;
+    const n = byId.get(id)!;
+    const p = parent.get(id);
+    const v = (n.callFrame.functionName === 'Module._load' || n.callFrame.functionName === '_load') || (p !== undefined && isStartup(p));
+    startup.set(id, v);
+    return v;
+  };
+  const selfUs = new Map<number, number>();
+  for (let i = 0; i < prof.samples.length; i++) selfUs.set(prof.samples[i], (selfUs.get(prof.samples[i]) ?? 0) + (prof.timeDeltas[i] ?? 0));
+  const total = prof.endTime - prof.startTime;
+  const fn = new Map<string, number>();
+  const byFile = new Map<string, number>();
+  const inclusive = new Map<string, number>();
+  let startupUs = 0;
+  let idleUs = 0;
+  for (const [id, us] of selfUs) {
+    const l = label(id);
+    if (l.fn.startsWith('(idle)')) {
+      idleUs += us;
+      continue;
+    }
+    if (isStartup(id)) {
+      startupUs += us;
+      continue;
+    }
+    fn.set(l.fn, (fn.get(l.fn) ?? 0) + us);
+    byFile.set(l.file, (byFile.get(l.file) ?? 0) + us);
+    const seen = new Set<string>();
+    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
+      const c = label(cur);
+      if (!c.file.startsWith('dist/') || seen.has(c.fn)) continue;
+      seen.add(c.fn);
+      inclusive.set(c.fn, (inclusive.get(c.fn) ?? 0) + us);
+    }
+  }
+  const busy = total - idleUs - startupUs;
+  const row = (us: number, what: string) => `    ${(us / 1000).toFixed(0).padStart(7)} ms ${((100 * us) / busy).toFixed(1).padStart(5)}%  ${what}`;
+  const lines = [
+    `profile ${path.basename(file)}: ${(total / 1e6).toFixed(2)} s wall = ${(idleUs / 1e6).toFixed(2)} s idle + ` +
+      `${(startupUs / 1e6).toFixed(2)} s start-up (require) + ${(busy / 1e6).toFixed(2)} s busy (percentages below are of busy)`,
+  ];
+  lines.push('  top self time (function  file:line):');
+  for (const [k, us] of [...fn].sort((a, b) => b[1] - a[1]).slice(0, top)) lines.push(row(us, k));
+  lines.push('  self time by file:');
+  for (const [k, us] of [...byFile].sort((a, b) => b[1] - a[1]).slice(0, 12)) lines.push(row(us, k));
+  lines.push('  inclusive time of project functions (dist/):');
+  for (const [k, us] of [...inclusive].sort((a, b) => b[1] - a[1]).slice(0, 15)) lines.push(row(us, k));
+  return lines.join('\n');
+}
+
+// ------------------------------------------------------------------------------------------ the bench
+
+interface Figures {
+  secs: number;
+  rss: number;
+}
+
+async function runStorescp(files: string[]): Promise<Figures> {
+  const out = await tmp('bench-storescp-');
+  const { proc, port } = await startDcmtkStorescp(out, 'STORESCP');
+  try {
+    const t0 = now();
+    await storescu('STORESCP', port, files);
+    const secs = now() - t0;
+    const rss = peakRss(proc.pid);
+    const got = countFilesFlat(out);
+    if (got !== files.length) throw new Error(`storescp: ${got}/${files.length} files written`);
+    return { secs, rss };
+  } finally {
+    await stopProcess(proc);
+    await fsp.rm(out, { recursive: true, force: true });
+  }
+}
+
+async function runRouter(files: string[], profileDir?: string): Promise<Figures> {
+  const r = await startRouter({ defaultDestination: 'outgoing', profileDir });
+  let stopped = false;
+  try {
+    const t0 = now();
+    await storescu('DEID_ROUTER', r.port, files);
+    const secs = now() - t0;
+    const rss = peakRss(r.proc.pid);
+    await stopProcess(r.proc, 10_000);
+    stopped = true;
+    const got = countFilesDeep(r.outgoing, '.dcm');
+    const quarantined = countFilesDeep(path.join(r.stateDir, 'quarantine'));
+    const problems = r.problems();
+    if (problems.length) console.log(`  router log problems (${problems.length}):\n    ${problems.slice(0, 10).join('\n    ')}`);
+    if (got !== files.length) throw new Error(`router: ${got}/${files.length} files under outgoing (quarantine: ${quarantined} files)`);
+    if (quarantined) console.log(`  note: ${quarantined} files in quarantine`);
+    if (profileDir) console.log(summariseProfile(profileDir));
+    return { secs, rss };
+  } finally {
+    if (!stopped) await stopProcess(r.proc, 10_000);
+    await fsp.rm(r.dir, { recursive: true, force: true });
+  }
+}
+
+/** The durable-write floor: N files of this size, each temp + fsync + rename + dir fsync, sequentially. */
+async function runFloor(n: number, size: number): Promise<number> {
+  const dir = await tmp('bench-floor-');
+  const buf = randomBytes(size);
+  try {
+    const t0 = now();
+    for (let i = 0; i < n; i++) {
+      buf.writeUInt32LE(i, 0);
+      await writeFileAtomic(path.join(dir, 'a', 'b', `${i}.dcm`), [buf], { durable: true });
+    }
+    return now() - t0;
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  const rounds = Number(argValue('--rounds', '3'));
+  const count = Number(argValue('--count', '500'));
+  const profileDir = argValue('--profile', undefined);
+  const floor = !argFlag('--no-floor');
+  if (!fs.existsSync(CLI)) throw new Error(`${CLI} missing: run npm run build`);
+  if (profileDir) await fsp.mkdir(profileDir, { recursive: true });
+
+  const src = await makeSources(count, 77);
+  const totalMB = src.bytes / MB;
+  console.log(
+    `scp bench: ${count} distinct × ${(src.sourceBytes / 1024).toFixed(0)} KB (${SOURCE_NAME}) = ${totalMB.toFixed(0)} MB, ` +
+      `one storescu association, TCP_NODELAY=1, ${rounds} rounds, ${os.cpus().length} cores, load ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`,
+  );
+  console.log('  (a) storescp -od DIR          : receive + write (no fsync)');
+  console.log('  (b) dist/cli.js serve (folder) : receive + de-identify + durable write (fsync file + dir)');
+  if (floor) console.log('  (c) durable-write floor        : writeFileAtomic of N same-size files, no network, no de-identification');
+  console.log('  MB = 2^20 bytes; RSS = VmHWM of the receiver just before it is stopped');
+
+  const fmt = (label: string, f: Figures, extra = '') =>
+    `  ${label} ${(count / f.secs).toFixed(1).padStart(7)} images/s ${(totalMB / f.secs).toFixed(1).padStart(7)} MB/s ` +
+    `${f.secs.toFixed(2).padStart(7)} s  peak RSS ${(f.rss / MB).toFixed(0).padStart(4)} MB${extra}`;
+
+  const ratios: number[] = [];
+  const as: Figures[] = [];
+  const bs: Figures[] = [];
+  try {
+    for (let r = 0; r < rounds; r++) {
+      console.log(`round ${r + 1} (load ${os.loadavg()[0].toFixed(1)})`);
+      const a = await runStorescp(src.files);
+      console.log(fmt('(a) storescp', a));
+      const b = await runRouter(src.files, profileDir);
+      console.log(fmt('(b) router  ', b, `  ratio b/a ${(a.secs / b.secs).toFixed(2)}`));
+      if (floor) {
+        const s = await runFloor(count, src.sourceBytes);
+        console.log(`  (c) floor     ${(count / s).toFixed(1).padStart(7)} images/s ${(totalMB / s).toFixed(1).padStart(7)} MB/s ${s.toFixed(2).padStart(7)} s`);
+      }
+      as.push(a);
+      bs.push(b);
+      ratios.push(a.secs / b.secs);
+    }
+  } finally {
+    await fsp.rm(src.dir, { recursive: true, force: true });
+  }
+  const med = (xs: Figures[], f: (x: Figures) => number) => median(xs.map(f));
+  console.log(
+    `median (a) ${med(as, (x) => count / x.secs).toFixed(1)} images/s, ${med(as, (x) => totalMB / x.secs).toFixed(1)} MB/s, RSS ${med(as, (x) => x.rss / MB).toFixed(0)} MB; ` +
+      `(b) ${med(bs, (x) => count / x.secs).toFixed(1)} images/s, ${med(bs, (x) => totalMB / x.secs).toFixed(1)} MB/s, RSS ${med(bs, (x) => x.rss / MB).toFixed(0)} MB`,
+  );
+  console.log(`ratios b/a: ${ratios.map((x) => x.toFixed(2)).join(', ')} (target >= 0.5)`);
+  console.log(`RESULT scp ratio=${median(ratios).toFixed(2)}`);
+}
+
+if (require.main === module) {
+  main().catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
+}
