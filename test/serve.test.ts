@@ -228,3 +228,47 @@ describe('serve as a process', { skip }, () => {
     await stopProcess(p).catch(() => undefined);
   });
 });
+
+describe('logs carry no patient data', { skip }, () => {
+  test('debug-level logs of a serve session hold no planted marker and no original UID', async () => {
+    const pino = require('pino') as typeof import('pino');
+    const lines: string[] = [];
+    const { Writable } = require('stream') as typeof import('stream');
+    const sink = new Writable({ write(chunk: Buffer, _e, cb) { lines.push(chunk.toString('utf8')); cb(); } });
+    const logger = pino({ level: 'trace' }, sink);
+    const dir = mkdtempSync(join(tmpdir(), 'deid-logs-'));
+    writeFileSync(join(dir, 'router.yaml'), YAML.stringify({
+      listen: { aeTitle: 'DEID_ROUTER', host: '127.0.0.1', port: 0 },
+      stateDir: join(dir, 'state'),
+      destinations: { outgoing: { type: 'folder', path: join(dir, 'out') } },
+      stations: { default: { TagForStudy: 'ProtocolName', AETitles: ['STORESCU'] } },
+    }));
+    const config = loadConfig(join(dir, 'router.yaml'), {});
+    const node = await startNode(config, SALT, logger);
+    try {
+      const names = ['pydicom__CT_small.dcm', 'pydicom__MR_small.dcm', 'pydicom__JPEG2000.dcm', 'dicomscope__reportsi.dcm'];
+      const src = readPart10(readFileSync(join(CORPUS_PHI, 'pydicom__rtplan.dcm')));
+      const bad = join(dir, 'bad.dcm'); // refused by the engine: exercises the failure log lines
+      writeFileSync(bad, writePart10({ ...src, dataset: src.dataset.filter((e) => e.tag !== 0x0020000e) }));
+      await run('dcmsend', ['-aet', 'STORESCU', '-aec', 'DEID_ROUTER', '127.0.0.1', String(node.scp.port), ...names.map((n) => join(CORPUS_PHI, n)), bad]);
+      await run('echoscu', ['-aet', 'STRANGER', '-aec', 'DEID_ROUTER', '127.0.0.1', String(node.scp.port)]);
+    } finally {
+      await node.stop();
+    }
+    const text = lines.join('');
+    assert.match(text, /association released/);
+    assert.match(text, /image rejected and quarantined/);
+    const originals: string[] = [];
+    for (const f of readdirSync(CORPUS_PHI).filter((x) => x.endsWith('.dcm'))) {
+      const o = readPart10(readFileSync(join(CORPUS_PHI, f)));
+      for (const t of [0x00080018, 0x0020000d, 0x0020000e]) {
+        const u = elementString(findElement(o.dataset, t));
+        if (u && u.includes('.')) originals.push(u);
+      }
+    }
+    const found = [...PHI_TEXT.filter((m) => text.includes(m)), ...originals.filter((u) => text.includes(u))];
+    assert.deepEqual(found, []);
+  });
+});
+
+const PHI_TEXT = ['ZZPHI', 'ZZPID', 'ZZACC', 'ZZINST', 'ZZREF', 'ZZSTN', 'STUDYA^T1', 'ZZDESC', 'ZZOTHERID', 'ZZNEST', 'ZZPRIV', '19710203', '20230917', 'MÜLLER'];
