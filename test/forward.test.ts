@@ -148,7 +148,9 @@ describe('forward to a PACS', { concurrency: 1 }, () => {
     const state = await tmp('fwd-state-');
     const out = await tmp('fwd-out-');
     const src = await tmp('fwd-src-');
-    const scp = await withPeer(t, startStorescp({ dir: out }));
+    // The PACS comes up only once everything is spooled, so the kill always finds a backlog.
+    const pacsPort = await freePort();
+    const scp = { port: pacsPort };
     const base = CORPUS.find((f) => f.file === 'octave__CT-MONO2-16-ankle.dcm') ?? CORPUS[0];
     const variants = makeVariants(base.bytes, 300, 7);
     const list: string[] = [];
@@ -171,7 +173,9 @@ describe('forward to a PACS', { concurrency: 1 }, () => {
       for (const l of lines) if (l.startsWith('ENQ ')) enqueued.add(l.slice(4));
     });
     const exited1 = new Promise<void>((r) => p1.once('exit', () => r()));
-    await waitFor(async () => enqueued.size >= 120 && (await fsp.readdir(out)).length >= 20, 60000, 'transfer under way');
+    await waitFor(() => enqueued.size === variants.length, 60000, 'everything spooled');
+    await withPeer(t, startStorescp({ dir: out, port: pacsPort }));
+    await waitFor(async () => (await fsp.readdir(out)).length >= 20, 60000, 'transfer under way');
     process.kill(p1.pid!, 'SIGKILL');
     await exited1;
     const arrivedBefore = (await readReceived(out)).size;

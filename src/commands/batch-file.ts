@@ -2,10 +2,11 @@
 // file beside its final place. Renaming it into place (or dropping it as a duplicate) is the
 // coordinator's job, in input order. Synchronous on purpose: this runs in worker threads, where
 // blocking calls are the cheapest way to do several small file operations per image.
-import { closeSync, fstatSync, fsyncSync, mkdirSync, openSync, readSync, writevSync } from 'fs';
+import { closeSync, fstatSync, fsyncSync, mkdirSync, openSync, readSync } from 'fs';
 import { dirname, join } from 'path';
 import { threadId } from 'worker_threads';
 import { DeidPipeline, ImageRejected } from '../pipeline';
+import { writeAllSync } from '../deliver/folder';
 import { looksLikeDicom } from '../dicom/read';
 
 export type FileResult =
@@ -15,21 +16,6 @@ export type FileResult =
 
 const madeDirs = new Set<string>();
 let tmpCounter = 0;
-
-function writeAllSync(fd: number, chunks: Buffer[]): void {
-  let pending = chunks;
-  while (pending.length) {
-    const batch = pending.length > 1024 ? pending.slice(0, 1024) : pending;
-    let written = writevSync(fd, batch);
-    let i = 0;
-    while (i < batch.length && written >= batch[i].length) {
-      written -= batch[i].length;
-      i++;
-    }
-    const rest = pending.slice(batch.length);
-    pending = i < batch.length ? [batch[i].subarray(written), ...batch.slice(i + 1), ...rest] : rest;
-  }
-}
 
 // One read buffer, reused for every file of this thread: a fresh buffer per file costs a page
 // fault per 4 KiB on first touch, which was the largest single cost of a batch run. Safe because

@@ -17,7 +17,7 @@ import {
   type PresentationContextProposal,
   type TlsOptions,
 } from './dimse-scu';
-import { Part10Error, Spool, statusHex, type OpenedItem } from './spool';
+import { Part10Error, Spool, statusHex, type OpenedItem, type SpoolEntry } from './spool';
 
 export type { SpoolItemInfo } from './spool';
 export { Spool } from './spool';
@@ -126,6 +126,7 @@ export class ForwardQueue {
   private workers: Promise<void>[] = [];
   private wakers = new Set<() => void>();
   private scanRequested = true;
+  private lastScanAt = 0;
   private scanning: Promise<void> | undefined;
   private statsTimer: NodeJS.Timeout | undefined;
   private notifyTimer: NodeJS.Timeout | undefined;
@@ -166,10 +167,27 @@ export class ForwardQueue {
     this.statsTimer.unref();
   }
 
-  /** A new item was enqueued: rescan soon and wake idle workers. */
-  notify(): void {
-    this.scanRequested = true;
-    if (this.notifyTimer || !this.running) return;
+  /** A new item was enqueued. With its entry (what Spool.enqueue returns) it is queued at once;
+   * without, the spool folder is rescanned: a listing per image would be O(backlog) each. */
+  notify(entry?: SpoolEntry): void {
+    if (entry) {
+      const k = this.known.get(entry.id);
+      if (!k) {
+        this.known.set(entry.id, { size: entry.size, mtimeMs: entry.mtimeMs, state: 'pending' });
+        this.pending.push(entry.id);
+      } else if (k.state === 'inflight') {
+        // Re-enqueued while being sent: ack() sees the new file and keeps it; rescan to pick it up.
+        this.scanRequested = true;
+      }
+    } else {
+      this.scanRequested = true;
+    }
+    if (!this.running) return;
+    if (entry && this.wakers.size) {
+      this.wakeAll();
+      return;
+    }
+    if (this.notifyTimer) return;
     // Coalesce bursts of notifications into one directory scan.
     this.notifyTimer = setTimeout(() => {
       this.notifyTimer = undefined;
@@ -284,7 +302,11 @@ export class ForwardQueue {
   /** Claim up to n ids; opens each file (meta only). */
   private async claim(n: number): Promise<OpenedItem[]> {
     this.promoteDue();
-    if (this.scanRequested || this.pending.length === 0) await this.scan();
+    const now = Date.now();
+    if (this.scanRequested || (this.pending.length === 0 && now - this.lastScanAt >= this.rescanIntervalMs)) {
+      this.lastScanAt = now;
+      await this.scan();
+    }
     const ids: string[] = [];
     while (ids.length < n && this.pending.length) {
       const id = this.pending.shift()!;
@@ -387,6 +409,13 @@ export class ForwardQueue {
     let nextBatch: Promise<OpenedItem[]> | undefined;
     try {
       while (!this.stopping) {
+        // Extra associations only for a backlog the first cannot keep up with: a PACS that serves
+        // one association at a time (dcmtk storescp without --fork) would otherwise make the
+        // second wait for the first to go idle, holding its images that long.
+        if (index > 0 && !assoc && batch.length === 0 && this.pending.length < this.batchSize * index) {
+          await this.sleep(this.rescanIntervalMs);
+          continue;
+        }
         if (batch.length === 0) {
           batch = nextBatch ? await nextBatch : await this.claim(this.batchSize);
           nextBatch = undefined;

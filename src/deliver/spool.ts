@@ -248,7 +248,8 @@ export class Spool {
   /** Ids known to have an attempts file (so ack() need not try to delete one for every image). */
   private withAttempts = new Set<string>();
 
-  constructor(stateDir: string, destination: string) {
+  /** writer: writes files atomically and durably (the router passes its DurableWriter). */
+  constructor(stateDir: string, destination: string, private readonly writer?: { write(path: string, chunks: readonly Buffer[]): Promise<void> }) {
     if (!/^[A-Za-z0-9._-]+$/.test(destination) || destination.startsWith('.')) {
       throw new Error(`invalid destination name for a spool directory: ${JSON.stringify(destination)}`);
     }
@@ -285,16 +286,19 @@ export class Spool {
    * Store one Part-10 file. When the promise resolves the file is on stable storage (temp file written and
    * fsynced, renamed into place, directory fsynced) and survives SIGKILL or power loss.
    */
-  async enqueue(part10: Buffer, info: SpoolItemInfo): Promise<void> {
+  /** Returns what a ForwardQueue needs to queue the item without rescanning the folder. */
+  async enqueue(part10: Buffer, info: SpoolItemInfo): Promise<SpoolEntry> {
     await this.init();
     const meta = parsePart10Meta(part10);
     if (meta.sopInstanceUid !== info.sopInstanceUid) {
       throw new Part10Error('file meta MediaStorageSOPInstanceUID differs from the SOP instance UID given');
     }
     const id = spoolId(info.sopInstanceUid);
-    await writeFileDurable(this.dir, id + DCM, part10);
+    if (this.writer) await this.writer.write(this.pathOf(id), [part10]);
+    else await writeFileDurable(this.dir, id + DCM, part10);
     // A fresh copy starts with a clean failure count.
-    await unlinkIfExists(path.join(this.dir, id + ATTEMPTS));
+    if (this.withAttempts.delete(id)) await unlinkIfExists(path.join(this.dir, id + ATTEMPTS));
+    return { id, path: this.pathOf(id), size: part10.length, mtimeMs: Date.now() };
   }
 
   /** Ids of the spooled images (no stat, no read). */
