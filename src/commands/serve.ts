@@ -49,7 +49,6 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
 
   async function deliver(r: RoutedImage): Promise<void> {
     const chunks = r.chunks as Buffer[];
-    let joined: Buffer | undefined;
     for (const name of r.destinations) {
       const d = c.destinations.get(name);
       if (!d) throw new Error(`destination ${name} is not configured`);
@@ -57,9 +56,8 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
         writeFileAtomicSync(join(d.path, r.relativePath as string), chunks);
       } else {
         const f = forwards.get(name) as ForwardTarget;
-        joined ??= Buffer.concat(chunks);
         const u = r.uids!;
-        const entry = await f.spool.enqueue(joined, { sopInstanceUid: u.sopInstanceUid, sopClassUid: u.sopClassUid, transferSyntaxUid: u.transferSyntaxUid, studyInstanceUid: u.studyInstanceUid });
+        const entry = await f.spool.enqueue(chunks, { sopInstanceUid: u.sopInstanceUid, sopClassUid: u.sopClassUid, transferSyntaxUid: u.transferSyntaxUid, studyInstanceUid: u.studyInstanceUid });
         f.queue.notify(entry);
       }
     }

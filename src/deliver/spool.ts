@@ -287,18 +287,34 @@ export class Spool {
    * fsynced, renamed into place, directory fsynced) and survives SIGKILL or power loss.
    */
   /** Returns what a ForwardQueue needs to queue the item without rescanning the folder. */
-  async enqueue(part10: Buffer, info: SpoolItemInfo): Promise<SpoolEntry> {
+  async enqueue(part10: Buffer | readonly Buffer[], info: SpoolItemInfo): Promise<SpoolEntry> {
     await this.init();
-    const meta = parsePart10Meta(part10);
+    // Chunks (as the de-identifier produces them) are written without joining them first: only
+    // the head is joined, to check the file meta.
+    const chunks = Buffer.isBuffer(part10) ? [part10] : part10;
+    let size = 0;
+    for (const c of chunks) size += c.length;
+    let head = chunks[0];
+    if (chunks.length > 1) {
+      const first: Buffer[] = [];
+      let n = 0;
+      for (const c of chunks) {
+        if (n >= 4096) break;
+        first.push(c);
+        n += c.length;
+      }
+      head = Buffer.concat(first);
+    }
+    const meta = parsePart10Meta(head, head.length >= size);
     if (meta.sopInstanceUid !== info.sopInstanceUid) {
       throw new Part10Error('file meta MediaStorageSOPInstanceUID differs from the SOP instance UID given');
     }
     const id = spoolId(info.sopInstanceUid);
-    if (this.writer) await this.writer.write(this.pathOf(id), [part10]);
-    else await writeFileDurable(this.dir, id + DCM, part10);
+    if (this.writer) await this.writer.write(this.pathOf(id), chunks);
+    else await writeFileDurable(this.dir, id + DCM, Buffer.concat(chunks));
     // A fresh copy starts with a clean failure count.
     if (this.withAttempts.delete(id)) await unlinkIfExists(path.join(this.dir, id + ATTEMPTS));
-    return { id, path: this.pathOf(id), size: part10.length, mtimeMs: Date.now() };
+    return { id, path: this.pathOf(id), size, mtimeMs: Date.now() };
   }
 
   /** Ids of the spooled images (no stat, no read). */
