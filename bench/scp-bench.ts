@@ -5,7 +5,7 @@
 // alternating a/b in the same run, several rounds. Reports images/s, MB/s, the receiver's peak RSS (VmHWM,
 // read from /proc just before stopping it), and the median per-round ratio b/a. A third, informative line
 // per round, (c), is the durable-write floor of this disk: the same N de-identified-sized files written by
-// writeFileAtomic (fsync + rename + dir fsync) from this process, one at a time, with no network at all.
+// writeFileAtomicSync (fdatasync + rename + dir fsync, as serve does) from this process, one at a time, with no network at all.
 //
 // Build: npm run build && npx tsc -p tsconfig.test.json
 // Usage: node .build-test/bench/scp-bench.js [--rounds 3] [--count 500] [--profile DIR] [--no-floor]
@@ -21,7 +21,7 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { run, startProcess, stopProcess, freePort, waitForPort, type StartedProcess } from '../test/helpers/dcmtk';
 import { makeVariants } from '../test/helpers/peers';
-import { writeFileAtomic } from '../src/deliver/folder';
+import { writeFileAtomicSync } from '../src/deliver/folder';
 
 // ------------------------------------------------------------------------------------------ shared helpers
 // (exported for bench/e2e-bench.ts)
@@ -336,7 +336,7 @@ async function runFloor(n: number, size: number): Promise<number> {
     const t0 = now();
     for (let i = 0; i < n; i++) {
       buf.writeUInt32LE(i, 0);
-      await writeFileAtomic(path.join(dir, 'a', 'b', `${i}.dcm`), [buf], { durable: true });
+      writeFileAtomicSync(path.join(dir, 'a', 'b', `${i}.dcm`), [buf], { durable: true });
     }
     return now() - t0;
   } finally {
@@ -360,7 +360,7 @@ async function main(): Promise<void> {
   );
   console.log('  (a) storescp -od DIR          : receive + write (no fsync)');
   console.log('  (b) dist/cli.js serve (folder) : receive + de-identify + durable write (fsync file + dir)');
-  if (floor) console.log('  (c) durable-write floor        : writeFileAtomic of N same-size files, no network, no de-identification');
+  if (floor) console.log('  (c) durable-write floor        : writeFileAtomicSync (what serve uses) of N same-size files, no network, no de-identification');
   console.log('  MB = 2^20 bytes; RSS = VmHWM of the receiver just before it is stopped');
 
   const fmt = (label: string, f: Figures, extra = '') =>
