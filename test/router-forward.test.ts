@@ -38,8 +38,13 @@ function filesIn(dir: string): string[] {
   return existsSync(dir) ? readdirSync(dir).filter((f) => !f.startsWith('.')).map((f) => join(dir, f)) : [];
 }
 
+/** SOP instance UID of a file the PACS wrote; '' while storescp is still writing it. */
 function sopOf(file: string): string {
-  return elementString(findElement(readPart10(readFileSync(file)).dataset, 0x00080018)) ?? '';
+  try {
+    return elementString(findElement(readPart10(readFileSync(file)).dataset, 0x00080018)) ?? '';
+  } catch {
+    return '';
+  }
 }
 
 /** n distinct CT images in a folder; returns their paths. */
@@ -234,6 +239,45 @@ describe('forwarding to a research PACS', { skip }, () => {
       }, 60_000, 'every acknowledged image at the PACS');
     } finally {
       await stopProcess(router);
+      await pacs.stop();
+    }
+  });
+});
+
+describe('several destinations for one study', { skip }, () => {
+  test('Destinations: [outgoing, pacs] writes the folder and forwards, the same bytes', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-multi-'));
+    const pacsDir = join(dir, 'pacs');
+    require('fs').mkdirSync(pacsDir);
+    const pacs = await startStorescp({ dir: pacsDir, aeTitle: 'RESEARCH' });
+    const file = join(dir, 'router.yaml');
+    writeFileSync(file, YAML.stringify({
+      listen: { aeTitle: 'DEID_ROUTER', host: '127.0.0.1', port: 0 },
+      stateDir: join(dir, 'state'),
+      destinations: {
+        outgoing: { type: 'folder', path: join(dir, 'out') },
+        pacs: { type: 'dicom', aeTitle: 'RESEARCH', host: '127.0.0.1', port: pacs.port },
+      },
+      defaultDestination: 'outgoing',
+      stations: { default: { TagForStudy: 'ProtocolName', Split: '^', SplitIndex: 0, AETitles: ['STORESCU'] } },
+      studies: { STUDYA: { Destinations: ['outgoing', 'pacs'] } },
+    }));
+    const config = loadConfig(file, {});
+    const node = await startNode(config, SALT, silentLogger());
+    try {
+      const f = join(CORPUS_PHI, 'pydicom__CT_small.dcm'); // ProtocolName STUDYA^T1 -> STUDYA
+      const r = await run('storescu', ['-aet', 'STORESCU', '-aec', 'DEID_ROUTER', '127.0.0.1', String(node.scp.port), f]);
+      assert.equal(r.code, 0, r.stderr);
+      // Acknowledged by the PACS = gone from the spool; only then is its file complete.
+      await waitFor(() => filesIn(pacsDir).length === 1 && spoolCount(config.stateDir) === 0, 30_000, 'the image at the PACS');
+      const inFolder = readdirSync(join(dir, 'out', 'STUDYA'), { recursive: true }).map(String).filter((x) => x.endsWith('.dcm'));
+      assert.equal(inFolder.length, 1);
+      const a = readPart10(readFileSync(join(dir, 'out', 'STUDYA', inFolder[0])));
+      const b = readPart10(readFileSync(filesIn(pacsDir)[0]));
+      assert.equal(elementString(findElement(a.dataset, 0x00080018)), elementString(findElement(b.dataset, 0x00080018)));
+      assert.equal(findElement(a.dataset, 0x7fe00010)!.value!.compare(findElement(b.dataset, 0x7fe00010)!.value!), 0);
+    } finally {
+      await node.stop();
       await pacs.stop();
     }
   });
