@@ -6,7 +6,7 @@ import { join, resolve } from 'path';
 import { loadConfig } from './config/load';
 import { resolveSalt, saltPath } from './config/salt';
 import { ConfigError, RouterConfig } from './config/types';
-import { createLogger } from './observe/logger';
+import { createLogger, lazyLogger } from './observe/logger';
 import { formatTag, lookupTag } from './dicom/dictionary';
 
 const HELP = `dicom-deid-router: de-identifies DICOM images per research study and routes them
@@ -100,7 +100,7 @@ async function main(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return 0;
   }
-  const logger = createLogger({ level: values['log-level'], destination: command === 'serve' ? 1 : 2 });
+  const logOpts = { level: values['log-level'], destination: command === 'serve' ? 1 : 2 };
   switch (command) {
     case 'check-config': {
       const c = load(values.config);
@@ -113,6 +113,7 @@ async function main(argv: string[]): Promise<number> {
       if (!existsSync(incoming) || !statSync(incoming).isDirectory()) fail(`INCOMING ${incoming} is not a folder`);
       if (outgoing.startsWith(incoming + '/') || outgoing === incoming) fail('OUTGOING must not be inside INCOMING');
       const c = load(values.config);
+      const logger = lazyLogger(logOpts);
       const salt = resolveSalt(c, logger);
       const { formatSummary, runAnonymize } = await import('./commands/anonymize');
       const quarantineDir = resolve(values.quarantine ?? join(c.stateDir, 'quarantine'));
@@ -128,6 +129,7 @@ async function main(argv: string[]): Promise<number> {
     case 'serve': {
       const { runServe } = await import('./commands/serve');
       const c = load(values.config);
+      const logger = createLogger(logOpts);
       const salt = resolveSalt(c, logger);
       return runServe(c, salt, logger);
     }

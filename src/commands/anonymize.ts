@@ -8,7 +8,7 @@ import { readdirSync, readFileSync, renameSync, rmSync, unlinkSync, openSync, fs
 import { availableParallelism } from 'os';
 import { dirname, join, relative } from 'path';
 import { Worker } from 'worker_threads';
-import type { Logger } from 'pino';
+import type { LogSink } from '../observe/logger';
 import type { RouterConfig } from '../config/types';
 import { DeidPipeline } from '../pipeline';
 import { Quarantine } from '../deliver/quarantine';
@@ -24,7 +24,7 @@ export interface AnonymizeOptions {
   /** Worker threads; 0 or 1 processes in this thread. Default: cores - 1 from 4 cores on, else 0. */
   concurrency?: number;
   progress: NodeJS.WriteStream | undefined;
-  logger: Logger;
+  logger: LogSink;
 }
 
 export interface BatchSummary {

@@ -2,7 +2,7 @@
 import { randomBytes } from 'crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'fs';
 import { join } from 'path';
-import type { Logger } from 'pino';
+import type { LogSink } from '../observe/logger';
 import { ConfigError, RouterConfig } from './types';
 import { isExampleSalt } from './load';
 
@@ -10,7 +10,7 @@ export function saltPath(config: RouterConfig): string {
   return config.saltFile ?? join(config.stateDir, 'salt');
 }
 
-export function resolveSalt(config: RouterConfig, logger?: Logger): string {
+export function resolveSalt(config: RouterConfig, logger?: LogSink): string {
   if (config.salt) return config.salt.value;
   const file = saltPath(config);
   if (existsSync(file)) {

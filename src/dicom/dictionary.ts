@@ -3,19 +3,64 @@ import { DICTIONARY_TEXT } from './dictionary.generated';
 
 export interface DictEntry { tag: number; vr: string; keyword: string; vm: string; retired: boolean }
 
-const byTag = new Map<number, DictEntry>();
-const byKeyword = new Map<string, DictEntry>();
-for (const line of DICTIONARY_TEXT.split('\n')) {
-  if (!line) continue;
-  const [tag, vr, keyword, vm, retired] = line.split(' ');
-  const e: DictEntry = { tag: parseInt(tag, 16) >>> 0, vr, keyword, vm, retired: retired === '1' };
-  byTag.set(e.tag, e);
-  byKeyword.set(keyword, e);
+// Entries are made on first use: start-up only splits the text and reads the tags (a short batch
+// run otherwise spent more time building this dictionary than de-identifying its first files).
+const LINES = DICTIONARY_TEXT.split('\n').filter((l) => l.length > 0);
+const TAGS = new Uint32Array(LINES.length);
+for (let i = 0; i < LINES.length; i++) TAGS[i] = parseInt(LINES[i].slice(0, 8), 16) >>> 0;
+const entries: Array<DictEntry | undefined> = new Array(LINES.length);
+
+function entryAt(i: number): DictEntry {
+  let e = entries[i];
+  if (!e) {
+    const [, vr, keyword, vm, retired] = LINES[i].split(' ');
+    e = { tag: TAGS[i], vr, keyword, vm, retired: retired === '1' };
+    entries[i] = e;
+  }
+  return e;
+}
+
+function indexOfTag(tag: number): number {
+  let lo = 0;
+  let hi = TAGS.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const t = TAGS[mid];
+    if (t === tag) return mid;
+    if (t < tag) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return -1;
+}
+
+const byTag = {
+  get(tag: number): DictEntry | undefined {
+    const i = indexOfTag(tag);
+    return i < 0 ? undefined : entryAt(i);
+  },
+};
+
+let keywordIndex: Map<string, number> | undefined;
+/** keyword -> entry, built on the first keyword lookup (config validation). */
+function byKeywordMap(): { get(k: string): DictEntry | undefined; keys(): IterableIterator<string> } {
+  if (!keywordIndex) {
+    keywordIndex = new Map();
+    // "tttttttt VR Keyword ...": the keyword starts at column 12.
+    for (let i = 0; i < LINES.length; i++) keywordIndex.set(LINES[i].slice(12, LINES[i].indexOf(' ', 12)), i);
+  }
+  const index = keywordIndex;
+  return {
+    get: (k) => {
+      const i = index.get(k);
+      return i === undefined ? undefined : entryAt(i);
+    },
+    keys: () => index.keys(),
+  };
 }
 
 /** Every dictionary entry, for generators and tests. */
-export function dictionaryEntries(): IterableIterator<DictEntry> {
-  return byTag.values();
+export function* dictionaryEntries(): IterableIterator<DictEntry> {
+  for (let i = 0; i < LINES.length; i++) yield entryAt(i);
 }
 
 /** Repeating groups (50xx curves, 60xx overlays) are listed once under their base group. */
@@ -32,7 +77,7 @@ export function lookupTag(tag: number): DictEntry | undefined {
 }
 
 export function lookupKeyword(keyword: string): DictEntry | undefined {
-  return byKeyword.get(keyword);
+  return byKeywordMap().get(keyword);
 }
 
 export function isPrivateTag(tag: number): boolean {
@@ -72,12 +117,12 @@ export function parseTagRef(ref: string): number | undefined {
   const s = ref.trim();
   const m = /^\(?([0-9A-Fa-f]{4}),?([0-9A-Fa-f]{4})\)?$/.exec(s);
   if (m) return parseInt(m[1] + m[2], 16) >>> 0;
-  return byKeyword.get(s)?.tag;
+  return byKeywordMap().get(s)?.tag;
 }
 
 /** Closest keywords to a misspelt one, for "did you mean" in config errors. */
 export function suggestKeywords(word: string, max = 3): string[] {
-  return closestWords(word, [...byKeyword.keys()].filter((k) => !k.startsWith('RETIRED_')), max);
+  return closestWords(word, [...byKeywordMap().keys()].filter((k) => !k.startsWith('RETIRED_')), max);
 }
 
 /** Candidates within a small edit distance of word, closest first (case-insensitive). */
