@@ -70,6 +70,19 @@ describe('basic profile', () => {
     assert.equal(get(out.meta, 0x00020003), get(out, 'SOPInstanceUID'));
   });
 
+  test('a study that keeps a direct identifier or private data says PatientIdentityRemoved NO', () => {
+    assert.equal(get(run(makeObject(), { AnonymizeTag: { PatientID: { action: 'keep' } } }), 'PatientIdentityRemoved'), 'NO');
+    assert.equal(get(run(makeObject(), { RemovePrivateTags: false }), 'PatientIdentityRemoved'), 'NO');
+    assert.equal(get(run(makeObject(), { AnonymizeTag: { PatientID: { action: 'hash' } } }), 'PatientIdentityRemoved'), 'YES');
+  });
+
+  test('new UIDs are UUID-derived (version 8, RFC variant) 2.25 UIDs', () => {
+    const u = get(run(makeObject()), 'SOPInstanceUID')!;
+    const hex = BigInt(u.slice(5)).toString(16).padStart(32, '0');
+    assert.equal(hex[12], '8');
+    assert.match(hex[16], /[89ab]/);
+  });
+
   test('options: retainDeviceIdentity keeps StationName, retainPatientCharacteristics keeps PatientSex', () => {
     const src = makeObject([el('StationName', 'SH', 'CT01'), el('PatientSex', 'CS', 'F'), el('PatientAge', 'AS', '052Y')]);
     const plain = run(src);

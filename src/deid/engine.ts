@@ -217,7 +217,10 @@ export function mapUid(uid: string, key: Buffer, entropy: string | undefined, pl
   const h = createHmac('sha256', key).update(uid);
   if (entropy !== undefined) h.update('\0').update(entropy);
   const d = h.digest();
-  // 2.25 takes a UUID as one integer (ISO/IEC 9834-8): 128 bits, no leading zeros.
+  // 2.25 takes a UUID as one integer (ISO/IEC 9834-8). Make the 128 bits a well-formed UUID:
+  // version 8 (RFC 9562, application-defined), RFC variant.
+  d[6] = (d[6] & 0x0f) | 0x80;
+  d[8] = (d[8] & 0x3f) | 0x80;
   const n = BigInt('0x' + d.subarray(0, 16).toString('hex'));
   const out = `2.25.${n.toString(10)}`;
   if (cacheable) plan.uidCache.set(uid, out);
@@ -338,7 +341,7 @@ function keepPrivate(el: Element, creators: Map<number, string>, plan: StudyPlan
 function addMethodAttributes(dataset: Element[], ctx: Ctx, obj: DicomObject): Element[] {
   const plan = ctx.plan;
   const add: Element[] = [];
-  if (plan.basicProfile) add.push(str(T.PatientIdentityRemoved, 'CS', 'YES'));
+  if (plan.basicProfile) add.push(str(T.PatientIdentityRemoved, 'CS', plan.identityRemoved ? 'YES' : 'NO'));
   add.push({ tag: T.DeidentificationMethod, vr: 'LO', value: encodeString('LO', plan.methodText.join('\\')), undefinedLength: false });
   if (plan.methodCodes.length) {
     add.push({

@@ -37,6 +37,9 @@ export interface StudyPlan {
   methodCodes: Array<readonly [string, string]>;
   methodText: string[];
   longitudinal: 'REMOVED' | 'MODIFIED' | 'UNMODIFIED';
+  /** False when the study's own rules keep a direct identifier or private data: then the output
+   * says PatientIdentityRemoved NO, as PS3.3 asks. */
+  identityRemoved: boolean;
   options: ProfileOptionName[];
 }
 
@@ -44,6 +47,11 @@ export interface StudyPlan {
 export function deriveKey(secret: string, purpose: string): Buffer {
   return createHmac('sha256', secret).update(`dicom-deid-router:${purpose}`).digest();
 }
+
+/** Attributes whose kept value identifies the patient directly: PatientName, PatientID,
+ * PatientBirthDate, OtherPatientIDs, OtherPatientNames, OtherPatientIDsSequence, PatientAddress,
+ * PatientTelephoneNumbers, AccessionNumber, PatientBirthName, PatientMotherBirthName. */
+const DIRECT_IDENTIFIERS = [0x00100010, 0x00100020, 0x00100030, 0x00101000, 0x00101001, 0x00101002, 0x00101040, 0x00102154, 0x00080050, 0x00101005, 0x00101060];
 
 /** Option columns in the order in which one wins when several selected options name a row. */
 const OPTION_ORDER: ProfileOptionName[] = [
@@ -119,7 +127,14 @@ export function compilePlan(study: StudyConfig, globalSalt: string): StudyPlan {
   if (opts.has('retainLongitudinalModifiedDates')) longitudinal = 'MODIFIED';
   for (const op of [...tagOps.values(), ...vrOps.values()]) if (op.op === 'offset') longitudinal = 'MODIFIED';
 
+  const keepsIdentifier = DIRECT_IDENTIFIERS.some((t) => {
+    const op = tagOps.get(t);
+    return op !== undefined && (op.op === 'keep' || op.op === 'recurse');
+  });
+  const identityRemoved = !keepsIdentifier && study.removePrivateTags;
+
   return {
+    identityRemoved,
     studyName: study.name, basicProfile: basic, tagOps, vrOps, baseOps, repeatingOps,
     mergedOps: new Map([...baseOps, ...tagOps]),
     removePrivate: study.removePrivateTags, keepPrivate: study.keepPrivate, uidKey,
