@@ -4,7 +4,7 @@
 // and committed here in input order: renamed into place, or dropped when an earlier input already
 // produced the same SOP instance (one image sent twice, or in two encodings). Committing in input
 // order makes two runs over the same input give the same output, whatever the thread timing.
-import { readdirSync, readFileSync, renameSync, rmSync, unlinkSync, openSync, fsyncSync, closeSync } from 'fs';
+import { readdirSync, readFileSync, renameSync, rmSync, unlinkSync } from 'fs';
 import { availableParallelism } from 'os';
 import { dirname, join, relative } from 'path';
 import { Worker } from 'worker_threads';
@@ -12,6 +12,7 @@ import type { LogSink } from '../observe/logger';
 import type { RouterConfig } from '../config/types';
 import { DeidPipeline } from '../pipeline';
 import { Quarantine } from '../deliver/quarantine';
+import { fsyncDirSync } from '../deliver/folder';
 import { FileResult, processFile } from './batch-file';
 import type { BatchJob, BatchWorkerData } from './batch-worker';
 
@@ -91,7 +92,7 @@ export async function runAnonymize(config: RouterConfig, salt: string, o: Anonym
         claimed.add(r.rel);
         const final = join(o.outgoing, r.rel);
         renameSync(r.tmp, final);
-        if (o.fsync) syncDirSync(dirname(final));
+        if (o.fsync) fsyncDirSync(dirname(final));
         s.processed++;
         s.perStudy.set(r.study, (s.perStudy.get(r.study) ?? 0) + 1);
       }
@@ -186,15 +187,6 @@ async function runWithWorkers(
     }
     if (files.length === 0) finish();
   });
-}
-
-function syncDirSync(dir: string): void {
-  const fd = openSync(dir, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
 }
 
 export function formatSummary(s: BatchSummary): string {

@@ -2,11 +2,11 @@
 // file beside its final place. Renaming it into place (or dropping it as a duplicate) is the
 // coordinator's job, in input order. Synchronous on purpose: this runs in worker threads, where
 // blocking calls are the cheapest way to do several small file operations per image.
-import { closeSync, fstatSync, fsyncSync, mkdirSync, openSync, readSync } from 'fs';
+import { closeSync, fstatSync, fsyncSync, openSync, readSync } from 'fs';
 import { dirname, join } from 'path';
 import { threadId } from 'worker_threads';
 import { DeidPipeline, ImageRejected } from '../pipeline';
-import { writeAllSync } from '../deliver/folder';
+import { ensureDirSync, writeAllSync } from '../deliver/folder';
 import { looksLikeDicom } from '../dicom/read';
 
 export type FileResult =
@@ -14,7 +14,6 @@ export type FileResult =
   | { kind: 'written'; rel: string; tmp: string; study: string; bytes: number }
   | { kind: 'quarantine'; stage: 'read' | 'identify' | 'deidentify' | 'deliver'; reason: string; study?: string; bytes: number };
 
-const madeDirs = new Set<string>();
 let tmpCounter = 0;
 
 // One read buffer, reused for every file of this thread: a fresh buffer per file costs a page
@@ -55,10 +54,7 @@ export function processFile(pipeline: DeidPipeline, path: string, outgoing: stri
     }
     const final = join(outgoing, r.relativePath);
     const dir = dirname(final);
-    if (!madeDirs.has(dir)) {
-      mkdirSync(dir, { recursive: true });
-      madeDirs.add(dir);
-    }
+    ensureDirSync(dir, fsync);
     const tmp = join(dir, `.tmp-${process.pid}-${threadId}-${++tmpCounter}`);
     const fd = openSync(tmp, 'w', 0o644);
     try {

@@ -85,10 +85,7 @@ export function writeAllSync(fd: number, chunks: readonly Buffer[]): void {
 export function writeFileAtomicSync(path: string, chunks: readonly Buffer[], opts: { durable?: boolean } = {}): void {
   const durable = opts.durable ?? true;
   const dir = dirname(path);
-  if (!madeDirsSync.has(dir)) {
-    mkdirSync(dir, { recursive: true });
-    madeDirsSync.add(dir);
-  }
+  ensureDirSync(dir, durable);
   const tmp = join(dir, `.tmp-${process.pid}-${++tmpCounter}`);
   const fd = openSync(tmp, 'w', 0o644);
   try {
@@ -105,12 +102,28 @@ export function writeFileAtomicSync(path: string, chunks: readonly Buffer[], opt
   }
   closeSync(fd);
   renameSync(tmp, path);
-  if (durable) {
-    const dfd = openSync(dir, 'r');
-    try {
-      fsyncSync(dfd);
-    } finally {
-      closeSync(dfd);
+  if (durable) fsyncDirSync(dir);
+}
+
+/** mkdir -p, remembered. New folders are durable only once their parents are synced too (a new
+ * study's folder would otherwise be lost in a crash, with files already answered for in it). */
+export function ensureDirSync(dir: string, durable: boolean): void {
+  if (madeDirsSync.has(dir)) return;
+  const first = mkdirSync(dir, { recursive: true });
+  if (first && durable) {
+    for (let d = dir; ; d = dirname(d)) {
+      fsyncDirSync(dirname(d));
+      if (d === first || dirname(d) === d) break;
     }
+  }
+  madeDirsSync.add(dir);
+}
+
+export function fsyncDirSync(dir: string): void {
+  const dfd = openSync(dir, 'r');
+  try {
+    fsyncSync(dfd);
+  } finally {
+    closeSync(dfd);
   }
 }
