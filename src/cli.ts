@@ -87,7 +87,6 @@ async function main(argv: string[]): Promise<number> {
         move: { type: 'boolean', default: false },
         fsync: { type: 'boolean', default: false },
         quarantine: { type: 'string' },
-        concurrency: { type: 'string' },
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
@@ -119,7 +118,6 @@ async function main(argv: string[]): Promise<number> {
       const quarantineDir = resolve(values.quarantine ?? join(c.stateDir, 'quarantine'));
       const summary = await runAnonymize(c, salt, {
         incoming, outgoing, quarantineDir, move: values.move === true, fsync: values.fsync === true,
-        concurrency: values.concurrency !== undefined ? Math.max(0, parseInt(values.concurrency, 10) || 0) : undefined,
         progress: process.stderr.isTTY ? process.stderr : undefined, logger,
       });
       process.stdout.write(formatSummary(summary) + '\n');

@@ -1,20 +1,14 @@
-// One input file of a batch run: read, identify, de-identify, and write the result to a temporary
-// file beside its final place. Renaming it into place (or dropping it as a duplicate) is the
-// coordinator's job, in input order. Synchronous on purpose: this runs in worker threads, where
-// blocking calls are the cheapest way to do several small file operations per image.
-import { closeSync, fstatSync, fsyncSync, openSync, readSync } from 'fs';
-import { dirname, join } from 'path';
-import { threadId } from 'worker_threads';
+// One input file of a batch run: read (into one reused buffer) and de-identify it. Writing the
+// result, or dropping it as a duplicate, is the caller's: it decides in input order.
+import { closeSync, fstatSync, openSync, readSync } from 'fs';
 import { DeidPipeline, ImageRejected } from '../pipeline';
-import { ensureDirSync, writeAllSync } from '../deliver/folder';
 import { looksLikeDicom } from '../dicom/read';
 
-export type FileResult =
+export type Stage = 'read' | 'identify' | 'deidentify' | 'deliver';
+export type Prepared =
   | { kind: 'skipped'; bytes: number }
-  | { kind: 'written'; rel: string; tmp: string; study: string; bytes: number }
-  | { kind: 'quarantine'; stage: 'read' | 'identify' | 'deidentify' | 'deliver'; reason: string; study?: string; bytes: number };
-
-let tmpCounter = 0;
+  | { kind: 'ready'; rel: string; study: string; chunks: Buffer[]; bytes: number }
+  | { kind: 'quarantine'; stage: Stage; reason: string; study?: string; bytes: number };
 
 // One read buffer, reused for every file of this thread: a fresh buffer per file costs a page
 // fault per 4 KiB on first touch, which was the largest single cost of a batch run. Safe because
@@ -39,7 +33,9 @@ function readWhole(path: string): Buffer {
   }
 }
 
-export function processFile(pipeline: DeidPipeline, path: string, outgoing: string, fsync: boolean): FileResult {
+/** The chunks of a 'ready' result are slices of a buffer that the next call reuses: write or
+ * copy them before calling again. */
+export function prepareFile(pipeline: DeidPipeline, path: string): Prepared {
   let bytes: Buffer;
   try {
     bytes = readWhole(path);
@@ -52,20 +48,9 @@ export function processFile(pipeline: DeidPipeline, path: string, outgoing: stri
     if (r.quarantine || !r.chunks || !r.relativePath) {
       return { kind: 'quarantine', stage: 'identify', reason: 'the study named by this image is not configured (unknownStudy: quarantine)', study: r.studyName, bytes: bytes.length };
     }
-    const final = join(outgoing, r.relativePath);
-    const dir = dirname(final);
-    ensureDirSync(dir, fsync);
-    const tmp = join(dir, `.tmp-${process.pid}-${threadId}-${++tmpCounter}`);
-    const fd = openSync(tmp, 'w', 0o644);
-    try {
-      writeAllSync(fd, r.chunks);
-      if (fsync) fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    return { kind: 'written', rel: r.relativePath, tmp, study: r.studyName, bytes: bytes.length };
+    return { kind: 'ready', rel: r.relativePath, study: r.studyName, chunks: r.chunks, bytes: bytes.length };
   } catch (e) {
     if (e instanceof ImageRejected) return { kind: 'quarantine', stage: e.stage, reason: e.message, bytes: bytes.length };
-    return { kind: 'quarantine', stage: 'deliver', reason: `cannot write the result: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, bytes: bytes.length };
+    throw e;
   }
 }
