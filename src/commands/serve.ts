@@ -38,7 +38,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
         maxAssociations: d.maxAssociations,
         tls: d.tls ? { caFile: d.tls.ca, certFile: d.tls.cert, keyFile: d.tls.key, rejectUnauthorized: d.tls.rejectUnauthorized } : undefined,
       },
-      spool, logger: logger.child({ destination: d.name }),
+      spool, logger,
     });
     queue.start(); // resumes whatever an earlier run left in the spool
     forwards.set(d.name, { spool, queue });

@@ -394,7 +394,7 @@ export class ForwardQueue {
     if (event === 'periodic' && s.backlog === 0) return;
     let bytes = 0;
     for (const k of this.known.values()) bytes += k.size;
-    this.log.info(
+    this.log[event === 'destination down' ? 'warn' : 'info'](
       { event, state: this.state, backlog: s.backlog, backlogBytes: bytes, oldestAgeMs: s.oldestAgeMs, inFlight: s.inFlight, deadLetters: s.deadLetters, ...extra },
       `forward ${this.dest.name}: ${event}, backlog ${s.backlog}`,
     );
