@@ -272,3 +272,35 @@ describe('logs carry no patient data', { skip }, () => {
 });
 
 const PHI_TEXT = ['ZZPHI', 'ZZPID', 'ZZACC', 'ZZINST', 'ZZREF', 'ZZSTN', 'STUDYA^T1', 'ZZDESC', 'ZZOTHERID', 'ZZNEST', 'ZZPRIV', '19710203', '20230917', 'MÜLLER'];
+
+describe('delivery failures', { skip }, () => {
+  test('an image that cannot be written gets a failure status and its original is quarantined', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-deliverfail-'));
+    const blocker = join(dir, 'not-a-folder');
+    writeFileSync(blocker, 'a file where the outgoing folder should be');
+    writeFileSync(join(dir, 'router.yaml'), YAML.stringify({
+      listen: { aeTitle: 'DEID_ROUTER', host: '127.0.0.1', port: 0 },
+      stateDir: join(dir, 'state'),
+      destinations: { outgoing: { type: 'folder', path: join(blocker, 'out') } },
+      stations: { default: { TagForStudy: 'ProtocolName', AETitles: ['STORESCU'] } },
+    }));
+    const config = loadConfig(join(dir, 'router.yaml'), {});
+    const node = await startNode(config, SALT, silentLogger());
+    try {
+      const f = join(CORPUS_PHI, 'pydicom__CT_small.dcm');
+      const r = await run('storescu', ['-v', '-aet', 'STORESCU', '-aec', 'DEID_ROUTER', '127.0.0.1', String(node.scp.port), f]);
+      assert.match(r.stdout + r.stderr, /Received Store Response \((Unknown Status: 0x110|Error|Failure)/);
+      const q = join(config.stateDir, 'quarantine');
+      const reasons = readdirSync(q).filter((x) => x.endsWith('.reason.json')).map((x) => JSON.parse(readFileSync(join(q, x), 'utf8')));
+      assert.equal(reasons.length, 1);
+      assert.equal(reasons[0].stage, 'deliver');
+      assert.match(reasons[0].reason, /ENOTDIR|EEXIST/);
+      // The quarantined original is the dataset as received, with its patient data: it stays in
+      // the state directory, never in outgoing.
+      const kept = readdirSync(q).find((x) => x.endsWith('.dcm'))!;
+      assert.ok(findLeaks(readFileSync(join(q, kept))).length > 0);
+    } finally {
+      await node.stop();
+    }
+  });
+});
