@@ -58,7 +58,7 @@ export async function syncDir(dir: string): Promise<void> {
 }
 
 const madeDirsSync = new Set<string>();
-let tmpCounter = 0;
+const TMP_NAME = `.deid-${randomBytes(8).toString('hex')}.tmp`;
 
 /** Writes every chunk with writev, resuming after short writes. */
 export function writeAllSync(fd: number, chunks: readonly Buffer[]): void {
@@ -86,7 +86,11 @@ export function writeFileAtomicSync(path: string, chunks: readonly Buffer[], opt
   const durable = opts.durable ?? true;
   const dir = dirname(path);
   ensureDirSync(dir, durable);
-  const tmp = join(dir, `.tmp-${process.pid}-${++tmpCounter}`);
+  // One temp name per process and folder: this function runs to completion before the next call
+  // (it blocks), so the name is never in use twice, and reusing a just-freed directory entry made
+  // file creation several times cheaper here than a fresh name per file. Random, not the pid:
+  // replicas in containers all run as pid 1 and may share an outgoing volume.
+  const tmp = join(dir, TMP_NAME);
   const fd = openSync(tmp, 'w', 0o644);
   try {
     writeAllSync(fd, chunks);
