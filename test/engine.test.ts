@@ -101,6 +101,21 @@ describe('basic profile', () => {
     assert.equal(get(out, 'EvaluatorName'), undefined);
   });
 
+  test('free text inside a structured report content tree is replaced, codes kept', () => {
+    const content = sq('ContentSequence', [[
+      el('ValueType', 'CS', 'TEXT'),
+      sq('ConceptNameCodeSequence', [[el('CodeValue', 'SH', '121071'), el('CodingSchemeDesignator', 'SH', 'DCM'), el('CodeMeaning', 'LO', 'Finding')]]),
+      el('TextValue', 'UT', 'Mrs Jane Doe, born 1971, complains of ...'),
+    ]]);
+    const out = run(makeObject([content]));
+    const item = findElement(out.dataset, tagOf('ContentSequence'))!.items![0].elements;
+    assert.equal(get(item, 'TextValue'), 'ANONYMIZED');
+    assert.equal(get(findElement(item, tagOf('ConceptNameCodeSequence'))!.items![0].elements, 'CodeMeaning'), 'Finding');
+    const cleaned = run(makeObject([content]), { ProfileOptions: ['cleanStructuredContent'] });
+    const text = get(findElement(cleaned.dataset, tagOf('ContentSequence'))!.items![0].elements, 'TextValue')!;
+    assert.ok(!text.includes('Jane') && !text.includes('Doe') && text.includes('complains'), text);
+  });
+
   test('Profile: none keeps what no rule names (the original script\'s behaviour)', () => {
     const out = run(makeObject([el('InstitutionName', 'LO', 'Hosp')]), { Profile: 'none', AnonymizeTag: { PatientName: { action: 'clear' } } });
     assert.equal(get(out, 'InstitutionName'), 'Hosp');

@@ -53,6 +53,13 @@ export function deriveKey(secret: string, purpose: string): Buffer {
  * PatientTelephoneNumbers, AccessionNumber, PatientBirthName, PatientMotherBirthName. */
 const DIRECT_IDENTIFIERS = [0x00100010, 0x00100020, 0x00100030, 0x00101000, 0x00101001, 0x00101002, 0x00101040, 0x00102154, 0x00080050, 0x00101005, 0x00101060];
 
+/** Free-text attributes found inside Content Sequence and Graphic Annotation Sequence, with the
+ * option that lets them be kept after cleaning. */
+const SUPPLEMENTARY_TEXT: ReadonlyArray<readonly [number, ProfileOptionName]> = [
+  [0x0040a160, 'cleanStructuredContent'], // TextValue (SR TEXT content items)
+  [0x00700006, 'cleanGraphics'], // UnformattedTextValue (presentation state text objects)
+];
+
 /** Option columns in the order in which one wins when several selected options name a row. */
 const OPTION_ORDER: ProfileOptionName[] = [
   'retainUIDs', 'retainLongitudinalFullDates', 'retainLongitudinalModifiedDates', 'retainPatientCharacteristics',
@@ -110,6 +117,15 @@ export function compilePlan(study: StudyConfig, globalSalt: string): StudyPlan {
       }
       const tag = parseInt(row.tag, 16) >>> 0;
       baseOps.set(tag, profileOp(code, lookupTag(tag)?.vr, viaOption, study, offsetKey, uidKey));
+    }
+  }
+
+  if (basic) {
+    // Beyond Table E.1-1: free text inside the sequences the table replaces with a dummy (D) but
+    // that we keep and de-identify item by item, so that structured reports and presentation
+    // states stay readable. Their text values are not in the table, and can hold anything.
+    for (const [tag, option] of SUPPLEMENTARY_TEXT) {
+      if (!baseOps.has(tag)) baseOps.set(tag, opts.has(option) ? { op: 'clean' } : { op: 'dummy' });
     }
   }
 
