@@ -3,7 +3,7 @@
 // plan keeps are carried over as the same objects (same value slices), so they are written back
 // byte for byte; pixel data is never decoded.
 import { createHmac } from 'crypto';
-import { DicomObject, Element, Item, elementString, findElement } from '../dicom/dataset';
+import { DicomObject, Element, Item, elementString, findElement, makeElement } from '../dicom/dataset';
 import { isPrivateCreator, isPrivateTag, lookupTag } from '../dicom/dictionary';
 import { encodeString, encodeValue } from '../dicom/values';
 import { BINARY_SIZE, MAX_LENGTH, isStringVr } from '../dicom/vr';
@@ -60,7 +60,7 @@ export function deidentify(obj: DicomObject, plan: StudyPlan): DicomObject {
   const sopClass = elementString(findElement(dataset, T.SOPClassUID)) ?? elementString(findElement(obj.meta, 0x00020002));
   const sopInstance = elementString(findElement(dataset, T.SOPInstanceUID));
   const meta: Element[] = [
-    { tag: 0x00020001, vr: 'OB', value: Buffer.from([0, 1]), undefinedLength: false },
+    makeElement(0x00020001, 'OB', Buffer.from([0, 1])),
   ];
   if (sopClass) meta.push(str(0x00020002, 'UI', sopClass));
   if (sopInstance) meta.push(str(0x00020003, 'UI', sopInstance));
@@ -71,7 +71,7 @@ export function deidentify(obj: DicomObject, plan: StudyPlan): DicomObject {
 }
 
 function str(tag: number, vr: string, text: string, charset?: string): Element {
-  return { tag, vr, value: encodeString(vr, text, charset), undefinedLength: false };
+  return makeElement(tag, vr, encodeString(vr, text, charset));
 }
 
 function processElements(elements: readonly Element[], ctx: Ctx): Element[] {
@@ -177,7 +177,7 @@ function applyOp(el: Element, op: Op, siblings: readonly Element[], ctx: Ctx): E
 const EMPTY = Buffer.alloc(0);
 
 function withValue(el: Element, value: Buffer): Element {
-  return { tag: el.tag, vr: el.vr, value, undefinedLength: false };
+  return makeElement(el.tag, el.vr, value);
 }
 
 function text(el: Element): string {
@@ -342,15 +342,12 @@ function addMethodAttributes(dataset: Element[], ctx: Ctx, obj: DicomObject): El
   const plan = ctx.plan;
   const add: Element[] = [];
   if (plan.basicProfile) add.push(str(T.PatientIdentityRemoved, 'CS', plan.identityRemoved ? 'YES' : 'NO'));
-  add.push({ tag: T.DeidentificationMethod, vr: 'LO', value: encodeString('LO', plan.methodText.join('\\')), undefinedLength: false });
+  add.push(makeElement(T.DeidentificationMethod, 'LO', encodeString('LO', plan.methodText.join('\\'))));
   if (plan.methodCodes.length) {
-    add.push({
-      tag: T.DeidentificationMethodCodeSequence, vr: 'SQ', value: null, undefinedLength: false,
-      items: plan.methodCodes.map(([code, meaning]) => ({
-        undefinedLength: false,
-        elements: [str(T.CodeValue, 'SH', code), str(T.CodingSchemeDesignator, 'SH', 'DCM'), str(T.CodeMeaning, 'LO', meaning)],
-      })),
-    });
+    add.push(makeElement(T.DeidentificationMethodCodeSequence, 'SQ', null, false, plan.methodCodes.map(([code, meaning]) => ({
+      elements: [str(T.CodeValue, 'SH', code), str(T.CodingSchemeDesignator, 'SH', 'DCM'), str(T.CodeMeaning, 'LO', meaning)],
+      undefinedLength: false,
+    }))));
   }
   if (plan.basicProfile) add.push(str(T.LongitudinalTemporalInformationModified, 'CS', plan.longitudinal));
   if (!obj.syntax.explicit) for (const a of add) a.vr = lookupTag(a.tag)?.vr ?? a.vr;

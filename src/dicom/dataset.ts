@@ -22,6 +22,17 @@ export interface Element {
   undefinedLength: boolean;
 }
 
+/**
+ * Makes an element with every field present, in one order: elements then share one hidden class,
+ * and the reader, engine and writer loops stay monomorphic (measured: faster warm-up on mixed input).
+ */
+export function makeElement(
+  tag: number, vr: string, value: Buffer | null, undefinedLength = false,
+  items?: Item[], itemSyntax?: Syntax, encapsulated?: Buffer,
+): Element {
+  return { tag, vr, value, items, itemSyntax, encapsulated, undefinedLength };
+}
+
 export interface Item {
   elements: Element[];
   undefinedLength: boolean;

@@ -2,7 +2,7 @@
 // they arrive over the network. Explicit and implicit VR, little and big endian, deflated,
 // sequences and items of defined and undefined length, encapsulated pixel data.
 import { inflateRawSync } from 'zlib';
-import { DicomObject, DicomParseError, Element, Item, getString } from './dataset';
+import { DicomObject, DicomParseError, Element, Item, getString, makeElement } from './dataset';
 import { implicitVr } from './dictionary';
 import { isKnownVr, hasLongLength } from './vr';
 import { EXPLICIT_LE, IMPLICIT_LE, Syntax, TS, transferSyntaxInfo } from './uids';
@@ -65,18 +65,18 @@ class Reader {
       if (length === UNDEFINED) {
         if (vr === 'SQ') {
           const r = this.readItems(valuePos, end, true, this.syntax);
-          elements.push({ tag, vr, value: null, items: r.items, undefinedLength: true });
+          elements.push(makeElement(tag, vr, null, true, r.items));
           pos = r.pos;
         } else if (vr === 'UN') {
           // PS3.5 6.2.2: a UN of undefined length holds an implicit VR little endian sequence.
           const sub = new Reader(buf, IMPLICIT_LE);
           const r = sub.readItems(valuePos, end, true, IMPLICIT_LE);
-          elements.push({ tag, vr, value: null, items: r.items, itemSyntax: IMPLICIT_LE, undefinedLength: true });
+          elements.push(makeElement(tag, vr, null, true, r.items, IMPLICIT_LE));
           pos = r.pos;
         } else {
           // Encapsulated pixel data (or another encapsulated value): skip fragments, keep bytes.
           const stop = this.skipFragments(valuePos, end);
-          elements.push({ tag, vr, value: null, encapsulated: buf.subarray(valuePos, stop), undefinedLength: true });
+          elements.push(makeElement(tag, vr, null, true, undefined, undefined, buf.subarray(valuePos, stop)));
           pos = stop;
         }
         continue;
@@ -88,9 +88,9 @@ class Reader {
       }
       if (vr === 'SQ') {
         const r = this.readItems(valuePos, valueEnd, false, this.syntax);
-        elements.push({ tag, vr, value: null, items: r.items, undefinedLength: false });
+        elements.push(makeElement(tag, vr, null, false, r.items));
       } else {
-        elements.push({ tag, vr, value: buf.subarray(valuePos, valueEnd), undefinedLength: false });
+        elements.push(makeElement(tag, vr, buf.subarray(valuePos, valueEnd)));
       }
       pos = valueEnd;
     }
