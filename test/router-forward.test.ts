@@ -282,3 +282,50 @@ describe('several destinations for one study', { skip }, () => {
     }
   });
 });
+
+describe('TLS to the research PACS', { skip: skip || !hasTool('openssl') }, () => {
+  test('a dicom destination with tls settings forwards over TLS (dcmtk storescp +tls), the server certificate checked', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-tls-'));
+    const ssl = spawnSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'),
+      '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1', '-days', '2'], { encoding: 'utf8' });
+    assert.equal(ssl.status, 0, ssl.stderr);
+    const pacsDir = join(dir, 'pacs');
+    require('fs').mkdirSync(pacsDir);
+    const pacs = await startStorescp({ dir: pacsDir, aeTitle: 'RESEARCH', extraArgs: ['+tls', join(dir, 'key.pem'), join(dir, 'cert.pem'), '-ic'] });
+    const file = join(dir, 'router.yaml');
+    writeFileSync(file, YAML.stringify({
+      listen: { aeTitle: 'DEID_ROUTER', host: '127.0.0.1', port: 0 },
+      stateDir: join(dir, 'state'),
+      destinations: { pacs: { type: 'dicom', aeTitle: 'RESEARCH', host: '127.0.0.1', port: pacs.port, tls: { ca: join(dir, 'cert.pem') } } },
+      stations: { default: { TagForStudy: 'ProtocolName', AETitles: ['STORESCU'] } },
+    }));
+    const config = loadConfig(file, {});
+    const node = await startNode(config, SALT, silentLogger());
+    try {
+      const r = await run('storescu', ['-aet', 'STORESCU', '-aec', 'DEID_ROUTER', '127.0.0.1', String(node.scp.port), join(CORPUS_PHI, 'pydicom__CT_small.dcm')]);
+      assert.equal(r.code, 0, r.stderr);
+      await waitFor(() => filesIn(pacsDir).length === 1 && spoolCount(config.stateDir) === 0, 30_000, 'the image at the TLS PACS');
+      assert.match(sopOf(filesIn(pacsDir)[0]), /^2\.25\./);
+    } finally {
+      await node.stop();
+    }
+    // A router that trusts another CA must not send anything: the image waits in its spool.
+    const other = spawnSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'k2.pem'), '-out', join(dir, 'other-ca.pem'),
+      '-subj', '/CN=someone else', '-days', '2'], { encoding: 'utf8' });
+    assert.equal(other.status, 0, other.stderr);
+    const file2 = join(dir, 'router2.yaml');
+    writeFileSync(file2, readFileSync(file, 'utf8').replace(join(dir, 'cert.pem'), join(dir, 'other-ca.pem')).replace(join(dir, 'state'), join(dir, 'state2')));
+    const config2 = loadConfig(file2, {});
+    const node2 = await startNode(config2, SALT, silentLogger());
+    try {
+      const f = makeImages(mkdtempSync(join(tmpdir(), 'deid-tls-in-')), 1, 900)[0];
+      assert.equal((await run('storescu', ['-aet', 'STORESCU', '-aec', 'DEID_ROUTER', '127.0.0.1', String(node2.scp.port), f])).code, 0);
+      await new Promise((res) => setTimeout(res, 3000));
+      assert.equal(spoolCount(config2.stateDir), 1);
+      assert.equal(filesIn(pacsDir).length, 1);
+    } finally {
+      await node2.stop();
+      await pacs.stop();
+    }
+  });
+});
