@@ -156,7 +156,9 @@ export function readDataset(buf: Buffer, transferSyntaxUid: string): DicomObject
 
 function inflate(buf: Buffer): Buffer {
   try {
-    return inflateRawSync(buf);
+    // Output arrives in chunkSize pieces that are joined at the end: the 16 KB default made
+    // inflating a 260 KB dataset 2.5 times slower than one large piece.
+    return inflateRawSync(buf, { chunkSize: 1 << 20 });
   } catch {
     throw new DicomParseError('deflated dataset does not inflate');
   }
