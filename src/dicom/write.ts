@@ -23,7 +23,7 @@ class Out {
   private start = 0;
   private pos = 0;
 
-  constructor(scratch = 8192) {
+  constructor(scratch = 4000) { // under half of Buffer.poolSize: carved from the shared pool
     this.buf = Buffer.allocUnsafe(scratch);
   }
 
