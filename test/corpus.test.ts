@@ -227,3 +227,33 @@ describe('PHI corpus through anonymize', { skip }, () => {
     assert.deepEqual(introduced, []);
   });
 });
+
+describe('PHI corpus through the example STUDYA rules (hash, value, per-patient date shift)', { skip }, () => {
+  test('no planted marker survives; dates are shifted, not removed; PatientName is a keyed hash', () => {
+    const config = loadConfig('config/', { DEID_SALT: SALT });
+    // Route by ProtocolName STUDYA^T1 -> STUDYA (the default station, given Split "^").
+    config.stations.get('default')!.split = '^';
+    const pipeline = new DeidPipeline(config, SALT);
+    let n = 0;
+    for (const f of readdirSync(CORPUS_PHI).filter((x) => x.endsWith('.dcm'))) {
+      let r;
+      try {
+        r = pipeline.process({ kind: 'file', bytes: readFileSync(join(CORPUS_PHI, f)) });
+      } catch (e) {
+        if (e instanceof ImageRejected) continue;
+        throw e;
+      }
+      assert.equal(r.studyName, 'STUDYA', f);
+      const bytes = Buffer.concat(r.chunks!);
+      assert.deepEqual(findLeaks(bytes), [], f);
+      const o = readPart10(bytes);
+      const studyDate = elementString(findElement(o.dataset, 0x00080020));
+      assert.match(studyDate ?? '', /^\d{8}$/, `${f}: StudyDate kept, shifted`);
+      assert.notEqual(studyDate, '20230917');
+      assert.match(elementString(findElement(o.dataset, 0x00100010)) ?? '', /^[0-9A-F]{32}$/);
+      assert.equal(elementString(findElement(o.dataset, 0x00280303)), 'MODIFIED');
+      n++;
+    }
+    assert.ok(n > 60);
+  });
+});
