@@ -1,6 +1,6 @@
 // One image through identify -> de-identify, shared by the batch command and the storage SCP.
 // Reading and delivery are the callers' business; this module is synchronous and touches no I/O.
-import { DicomObject, DicomParseError } from './dicom/dataset';
+import { DicomObject } from './dicom/dataset';
 import { readDataset, readPart10 } from './dicom/read';
 import { part10Chunks } from './dicom/write';
 import { RouterConfig, StudyConfig } from './config/types';
@@ -63,7 +63,7 @@ export class DeidPipeline {
     try {
       return input.kind === 'file' ? readPart10(input.bytes) : readDataset(input.bytes, input.transferSyntaxUid);
     } catch (e) {
-      if (e instanceof DicomParseError) throw new ImageRejected('read', `unreadable dataset: ${e.message}`);
+      // DicomParseError, or a RangeError of a read past the end of a truncated buffer.
       throw new ImageRejected('read', `unreadable dataset: ${(e as Error).message}`);
     }
   }

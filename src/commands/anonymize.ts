@@ -8,7 +8,7 @@
 // already produced (one image sent twice, or in two encodings) is dropped the same way in every
 // run: two runs over the same input give the same output.
 import { readdirSync, readFileSync, rmSync } from 'fs';
-import { join, relative } from 'path';
+import { basename, join, relative } from 'path';
 import type { RouterConfig } from '../config/types';
 import type { LogSink } from '../observe/logger';
 import { DeidPipeline } from '../pipeline';
@@ -69,17 +69,18 @@ export async function runAnonymize(config: RouterConfig, salt: string, o: Anonym
     o.progress.write(`\r[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${files.length} files, ${(s.bytesIn / 1e6).toFixed(1)} MB, ${(done / Math.max(secs, 1e-3)).toFixed(0)} files/s, ${s.quarantined} quarantined ${final ? '\n' : ''}`);
   };
 
-  const toQuarantine = async (file: string, stage: Stage, reason: string, study?: string) => {
-    const rel = relative(o.incoming, file);
+  // Log lines name the quarantine entry, never the input path: exports are sometimes named after
+  // the patient. The entry's .reason.json, in the protected state folder, says where it came from.
+  const toQuarantine = (file: string, stage: Stage, reason: string, study?: string) => {
     let original: Buffer[] = [];
     try {
       original = [readFileSync(file)];
     } catch {
       /* unreadable: the reason file says so */
     }
-    await quarantine.put(original, { stage, reason, source: rel, study }, { durable: o.fsync });
+    const entry = quarantine.put(original, { stage, reason, source: relative(o.incoming, file), study }, { durable: o.fsync });
     s.quarantined++;
-    o.logger.warn({ file: rel, stage, reason }, 'quarantined');
+    o.logger.warn({ quarantined: basename(entry), stage, reason }, 'quarantined');
     if (o.move && original.length) rmSync(file);
   };
 
@@ -88,19 +89,19 @@ export async function runAnonymize(config: RouterConfig, salt: string, o: Anonym
     s.bytesIn += p.bytes;
     if (p.kind === 'skipped') {
       s.skipped++;
-      o.logger.debug({ file: relative(o.incoming, file) }, 'skipped: not DICOM');
+      o.logger.debug({}, 'skipped a file that is not DICOM');
     } else if (p.kind === 'quarantine') {
-      await toQuarantine(file, p.stage, p.reason, p.study);
+      toQuarantine(file, p.stage, p.reason, p.study);
     } else if (claimed.has(p.rel)) {
       s.duplicates++;
-      o.logger.debug({ file: relative(o.incoming, file), output: p.rel }, 'skipped: same SOP instance as an earlier input');
+      o.logger.debug({ output: p.rel }, 'skipped: same SOP instance as an earlier input');
       if (o.move) rmSync(file);
     } else {
       claimed.add(p.rel);
       try {
         writeFileAtomicSync(join(o.outgoing, p.rel), p.chunks, { durable: o.fsync });
       } catch (e) {
-        await toQuarantine(file, 'deliver', `cannot write the result: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        toQuarantine(file, 'deliver', `cannot write the result: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
         done++;
         continue;
       }

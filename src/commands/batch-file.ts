@@ -3,8 +3,9 @@
 import { closeSync, fstatSync, openSync, readSync } from 'fs';
 import { DeidPipeline, ImageRejected } from '../pipeline';
 import { looksLikeDicom } from '../dicom/read';
+import type { QuarantineReason } from '../deliver/quarantine';
 
-export type Stage = 'read' | 'identify' | 'deidentify' | 'deliver';
+export type Stage = QuarantineReason['stage'];
 export type Prepared =
   | { kind: 'skipped'; bytes: number }
   | { kind: 'ready'; rel: string; study: string; chunks: Buffer[]; bytes: number }

@@ -7,7 +7,7 @@ import type { RouterConfig } from '../config/types';
 import { DeidPipeline, ImageRejected, RoutedImage, Status } from '../pipeline';
 import { startStorageScp, silenceDimseLibraries, StoreRequest, RunningScp } from '../receive';
 import { writeFileAtomicSync } from '../deliver/folder';
-import { Quarantine } from '../deliver/quarantine';
+import { Quarantine, QuarantineReason } from '../deliver/quarantine';
 import { ForwardQueue, Spool } from '../deliver/forwarder';
 import { part10FromRawDataset } from '../dicom/write';
 import { IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME } from '../dicom/uids';
@@ -24,13 +24,10 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
   silenceDimseLibraries(logger);
   const pipeline = new DeidPipeline(c, salt);
   const quarantine = new Quarantine(join(c.stateDir, 'quarantine'));
-  // Durable writes block the event loop for about a millisecond and a half: measured cheaper than
-  // fs.promises here (see writeFileAtomicSync), and a C-STORE is answered only after it anyway.
-  const writer = { write: async (path: string, chunks: readonly Buffer[]) => writeFileAtomicSync(path, chunks) };
   const forwards = new Map<string, ForwardTarget>();
   for (const d of c.destinations.values()) {
     if (d.type !== 'dicom') continue;
-    const spool = new Spool(c.stateDir, d.name, writer);
+    const spool = new Spool(c.stateDir, d.name);
     await spool.init();
     const queue = new ForwardQueue({
       destination: {
@@ -63,9 +60,10 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     }
   }
 
-  async function keepOriginal(req: StoreRequest, stage: 'read' | 'identify' | 'deidentify' | 'deliver', reason: string, study?: string): Promise<void> {
+  /** Keeps the image as received, with the reason beside it. */
+  function keepOriginal(req: StoreRequest, stage: QuarantineReason['stage'], reason: string, study?: string): void {
     const original = part10FromRawDataset(req.dataset, req.sopClassUid, req.sopInstanceUid, req.transferSyntaxUid);
-    await quarantine.put(original, { stage, reason, source: `C-STORE from ${req.callingAeTitle} at ${req.peerAddress}`, study });
+    quarantine.put(original, { stage, reason, source: `C-STORE from ${req.callingAeTitle} at ${req.peerAddress}`, study });
   }
 
   const onStore = async (req: StoreRequest): Promise<number> => {
@@ -77,13 +75,17 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       const status = e instanceof ImageRejected ? e.status : Status.ProcessingFailure;
       const reason = (e as Error).message;
       logger.warn({ callingAe: req.callingAeTitle, association: req.associationId, stage, reason, status: hex(status) }, 'image rejected and quarantined');
-      await keepOriginal(req, stage, reason).catch((qe) => logger.error({ err: (qe as Error).message }, 'quarantine write failed'));
+      try {
+        keepOriginal(req, stage, reason);
+      } catch (qe) {
+        logger.error({ err: (qe as Error).message }, 'quarantine write failed');
+      }
       return status;
     }
     if (r.quarantine) {
       // Policy (unknownStudy: quarantine), not a failure: the image is safe, the sender is done.
       try {
-        await keepOriginal(req, 'identify', 'the study named by this image is not configured (unknownStudy: quarantine)', r.studyName);
+        keepOriginal(req, 'identify', 'the study named by this image is not configured (unknownStudy: quarantine)', r.studyName);
       } catch (e) {
         logger.error({ err: (e as Error).message }, 'quarantine write failed');
         return outOfResources(e) ? Status.OutOfResources : Status.ProcessingFailure;
@@ -97,7 +99,11 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       const status = outOfResources(e) ? Status.OutOfResources : Status.ProcessingFailure;
       const reason = `delivery failed: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
       logger.error({ callingAe: req.callingAeTitle, sopInstanceUid: r.uids?.sopInstanceUid, reason, status: hex(status) }, 'image not delivered');
-      await keepOriginal(req, 'deliver', reason, r.studyName).catch(() => undefined);
+      try {
+        keepOriginal(req, 'deliver', reason, r.studyName);
+      } catch (qe) {
+        logger.error({ err: (qe as Error).message }, 'quarantine write failed');
+      }
       return status;
     }
     logger.debug({ study: r.studyName, station: r.station, sopInstanceUid: r.uids?.sopInstanceUid, destinations: r.destinations }, 'image stored');

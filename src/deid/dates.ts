@@ -77,4 +77,3 @@ export const DATE_TIME_PAIRS: ReadonlyMap<number, number> = new Map([
   [0x00400004, 0x00400005], [0x00400244, 0x00400245], [0x00400250, 0x00400251], [0x0040a121, 0x0040a122],
   [0x30080024, 0x30080025], [0x30080162, 0x30080164], [0x30080166, 0x30080168], [0x300a022c, 0x300a022e],
 ]);
-export const TIME_DATE_PAIRS: ReadonlyMap<number, number> = new Map([...DATE_TIME_PAIRS].map(([d, t]) => [t, d]));

@@ -8,7 +8,7 @@ import { isPrivateCreator, isPrivateTag, lookupTag } from '../dicom/dictionary';
 import { encodeString, encodeValue } from '../dicom/values';
 import { BINARY_SIZE, MAX_LENGTH, isStringVr } from '../dicom/vr';
 import { IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, isStandardUid } from '../dicom/uids';
-import { DATE_TIME_PAIRS, TIME_DATE_PAIRS, offsetSeconds, shiftDate, shiftDateTime, shiftTime } from './dates';
+import { DATE_TIME_PAIRS, offsetSeconds, shiftDate, shiftDateTime, shiftTime } from './dates';
 import type { Op, StudyPlan } from './plan';
 import type { OffsetSpec } from '../config/types';
 
@@ -282,8 +282,6 @@ function offsetElement(el: Element, vr: string, spec: OffsetSpec, key: Buffer, s
   return withValue(el, encodeString(vr, parts.join('\\')));
 }
 
-// A TM is shifted as the time of day of the shifted moment; its date is shifted with it above.
-void TIME_DATE_PAIRS;
 
 /** Clean: keep descriptive text but blank out this patient's identifying tokens found in it. */
 function cleanElement(el: Element, vr: string, ctx: Ctx): Element {

@@ -3,7 +3,7 @@
 // the message (which the engine keeps free of values) and where the image came from.
 import { join } from 'path';
 import { randomBytes } from 'crypto';
-import { writeFileAtomic } from './folder';
+import { writeFileAtomicSync } from './folder';
 
 export interface QuarantineReason {
   stage: 'read' | 'identify' | 'deidentify' | 'deliver';
@@ -17,13 +17,13 @@ export class Quarantine {
   constructor(readonly dir: string) {}
 
   /** Stores the original bytes and a .reason.json; returns the stored file's path. */
-  async put(original: readonly Buffer[], reason: QuarantineReason, opts: { durable?: boolean } = {}): Promise<string> {
+  put(original: readonly Buffer[], reason: QuarantineReason, opts: { durable?: boolean } = {}): string {
     const stamp = new Date().toISOString().replace(/[:.]/g, '-');
     const name = `${stamp}-${randomBytes(4).toString('hex')}`;
     const file = join(this.dir, `${name}.dcm`);
-    await writeFileAtomic(file, original, opts);
+    writeFileAtomicSync(file, original, opts);
     const body = JSON.stringify({ ...reason, time: reason.time ?? new Date().toISOString() }, null, 1) + '\n';
-    await writeFileAtomic(join(this.dir, `${name}.reason.json`), [Buffer.from(body)], opts);
+    writeFileAtomicSync(join(this.dir, `${name}.reason.json`), [Buffer.from(body)], opts);
     return file;
   }
 }

@@ -9,8 +9,9 @@
 //
 // <id> is the SOP Instance UID when it is a plain UID (digits and dots), else a SHA-1 of it, so the
 // same instance enqueued twice is one file (the later write replaces the earlier one).
-import { createHash, randomBytes } from 'node:crypto';
-import { promises as fsp, constants as fsc } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { TEMP_PREFIX, fsyncDirSync, writeFileAtomicSync } from './folder';
+import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
@@ -80,7 +81,6 @@ export class Part10Error extends Error {}
 const DCM = '.dcm';
 const ATTEMPTS = '.attempts.json';
 const REASON = '.reason.json';
-const TMP_PREFIX = '.tmp-';
 const STALE_TMP_MS = 10 * 60 * 1000;
 
 /** Walk the Part-10 file meta group (always explicit VR little endian). Needs only the first bytes. */
@@ -208,38 +208,6 @@ async function unlinkIfExists(p: string): Promise<void> {
   }
 }
 
-async function fsyncDir(dir: string): Promise<void> {
-  let fh: FileHandle | undefined;
-  try {
-    fh = await fsp.open(dir, fsc.O_RDONLY);
-    await fh.sync();
-  } catch (e) {
-    // Some filesystems refuse fsync on directories (EINVAL/EISDIR); nothing more we can do there.
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code !== 'EINVAL' && code !== 'EISDIR' && code !== 'EPERM') throw e;
-  } finally {
-    await fh?.close();
-  }
-}
-
-async function writeFileDurable(dir: string, name: string, data: Buffer | string): Promise<void> {
-  const tmp = path.join(dir, `${TMP_PREFIX}${randomBytes(6).toString('hex')}-${name}`);
-  const fh = await fsp.open(tmp, 'w', 0o600);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await fsp.rename(tmp, path.join(dir, name));
-  } catch (e) {
-    await unlinkIfExists(tmp);
-    throw e;
-  }
-  await fsyncDir(dir);
-}
-
 export class Spool {
   readonly destination: string;
   readonly dir: string;
@@ -248,8 +216,7 @@ export class Spool {
   /** Ids known to have an attempts file (so ack() need not try to delete one for every image). */
   private withAttempts = new Set<string>();
 
-  /** writer: writes files atomically and durably (the router passes its DurableWriter). */
-  constructor(stateDir: string, destination: string, private readonly writer?: { write(path: string, chunks: readonly Buffer[]): Promise<void> }) {
+  constructor(stateDir: string, destination: string) {
     if (!/^[A-Za-z0-9._-]+$/.test(destination) || destination.startsWith('.')) {
       throw new Error(`invalid destination name for a spool directory: ${JSON.stringify(destination)}`);
     }
@@ -266,7 +233,7 @@ export class Spool {
         await fsp.mkdir(this.deadDir, { recursive: true });
         for (const d of [this.dir, this.deadDir]) {
           for (const name of await fsp.readdir(d)) {
-            if (!name.startsWith(TMP_PREFIX)) continue;
+            if (!name.startsWith(TEMP_PREFIX)) continue;
             const p = path.join(d, name);
             const st = await fsp.stat(p).catch(() => undefined);
             if (st && Date.now() - st.mtimeMs > STALE_TMP_MS) await unlinkIfExists(p);
@@ -310,8 +277,7 @@ export class Spool {
       throw new Part10Error('file meta MediaStorageSOPInstanceUID differs from the SOP instance UID given');
     }
     const id = spoolId(info.sopInstanceUid);
-    if (this.writer) await this.writer.write(this.pathOf(id), chunks);
-    else await writeFileDurable(this.dir, id + DCM, Buffer.concat(chunks));
+    writeFileAtomicSync(this.pathOf(id), chunks);
     // A fresh copy starts with a clean failure count.
     if (this.withAttempts.delete(id)) await unlinkIfExists(path.join(this.dir, id + ATTEMPTS));
     return { id, path: this.pathOf(id), size, mtimeMs: Date.now() };
@@ -453,7 +419,7 @@ export class Spool {
       message,
       lastTime: new Date().toISOString(),
     };
-    await writeFileDurable(this.dir, id + ATTEMPTS, JSON.stringify(rec));
+    writeFileAtomicSync(path.join(this.dir, id + ATTEMPTS), [Buffer.from(JSON.stringify(rec))]);
     this.withAttempts.add(id);
     return rec.attempts;
   }
@@ -472,11 +438,11 @@ export class Spool {
       time: new Date().toISOString(),
       sopInstanceUid: reason.sopInstanceUid,
     };
-    await writeFileDurable(this.deadDir, id + REASON, JSON.stringify(full, null, 2) + '\n');
+    writeFileAtomicSync(path.join(this.deadDir, id + REASON), [Buffer.from(JSON.stringify(full, null, 2) + '\n')]);
     await fsp.rename(this.pathOf(id), path.join(this.deadDir, id + DCM));
-    await fsyncDir(this.deadDir);
+    fsyncDirSync(this.deadDir);
     await unlinkIfExists(path.join(this.dir, id + ATTEMPTS));
-    await fsyncDir(this.dir);
+    fsyncDirSync(this.dir);
   }
 
   async listDeadLetters(): Promise<Array<{ id: string; reason?: DeadLetterReason }>> {
@@ -515,8 +481,8 @@ export class Spool {
       await unlinkIfExists(path.join(this.deadDir, id + REASON));
       n++;
     }
-    await fsyncDir(this.dir);
-    await fsyncDir(this.deadDir);
+    fsyncDirSync(this.dir);
+    fsyncDirSync(this.deadDir);
     return n;
   }
 }

@@ -179,14 +179,6 @@ export function writePart10(obj: DicomObject): Buffer {
   return Buffer.concat(part10Chunks(obj));
 }
 
-/** The dataset alone, in its transfer syntax (for sending by C-STORE). */
-export function writeDataset(obj: DicomObject): Buffer {
-  const out = new Out();
-  writeElements(obj.dataset, obj.syntax, out);
-  const raw = Buffer.concat(out.finish());
-  return obj.deflated ? deflateRawSync(raw, DEFLATE_OPTIONS) : raw;
-}
-
 /** A Part-10 file around dataset bytes as received (e.g. by C-STORE), without re-encoding them:
  * the original of a failed image is kept exactly as it came. */
 export function part10FromRawDataset(dataset: Buffer, sopClassUid: string, sopInstanceUid: string, transferSyntaxUid: string): Buffer[] {
