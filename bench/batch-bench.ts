@@ -199,12 +199,14 @@ async function main(): Promise<number> {
       runs: { type: 'string', default: '1' },
       keep: { type: 'boolean', default: false },
       'same-uids': { type: 'boolean', default: false },
+      cli: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
   if (values.help) {
-    process.stdout.write('usage: node .build-test/bench/batch-bench.js [--files N (2000)] [--runs K (1)] [--keep] [--same-uids]\n' +
-      '  --same-uids  plain copies: every rep holds the same SOP instances (ours then writes each once)\n');
+    process.stdout.write('usage: node .build-test/bench/batch-bench.js [--files N (2000)] [--runs K (1)] [--keep] [--same-uids] [--cli PATH]\n' +
+      '  --same-uids  plain copies: every rep holds the same SOP instances (ours then writes each once)\n' +
+      '  --cli PATH   our cli.js to time (default dist/cli.js), e.g. a copy of an earlier build\n');
     return 0;
   }
   const wanted = parseInt(values.files ?? '2000', 10);
@@ -212,7 +214,7 @@ async function main(): Promise<number> {
   if (!(wanted > 0)) die('--files must be a positive number');
 
   const repo = process.cwd();
-  const cli = join(repo, 'dist', 'cli.js');
+  const cli = values.cli ? resolve(values.cli) : join(repo, 'dist', 'cli.js');
   const config = join(repo, 'config');
   if (!existsSync(cli)) die(`${cli} not found: run "npm run build" first (and run this from the repo root)`);
   if (!existsSync(config)) die(`${config} not found: run this from the repo root`);
@@ -251,7 +253,7 @@ async function main(): Promise<number> {
       if (r.status === 0 && existsSync(join(probeDir, f))) usable.push(f);
       else excluded.push({ file: f, why: `${(r.stderr || r.stdout || `exit ${r.status}`).trim().split('\n')[0].replace(corpus + '/', '').replace(probeDir + '/', '')}` });
     }
-    rmSync(probeDir, { recursive: true, force: true });
+    // The probe outputs stay until the end: see the note on deletions in the run loop.
     if (!usable.length) die('gdcmanon could not process any corpus file');
 
     // Input tree: rep0001/..repNNNN/ each holding one copy of every usable corpus file. Unless
@@ -344,8 +346,10 @@ async function main(): Promise<number> {
       ours.push(o);
       theirs.push(g);
       process.stdout.write(`run ${i}/${runs}: ours ${o.seconds.toFixed(2)} s (exit ${o.exitCode}), gdcmanon ${g.seconds.toFixed(2)} s (exit ${g.exitCode})\n`);
-      // Keep the last run's outputs for the report below; drop earlier ones to save space.
-      if (i < runs) for (const d of [out1, q, out2]) rmSync(d, { recursive: true, force: true });
+      // Earlier outputs stay until the end. Deleting them here made every later run slower, for
+      // both tools: on ext4 without a journal (these machines), a new inode skips over inodes
+      // deleted in the last minutes (recently_deleted() in fs/ext4/ialloc.c), and 4,000 fresh
+      // deletions made each file creation ~10 times dearer.
       oursQuarantine = q;
       oursOut = out1;
       theirOut = out2;

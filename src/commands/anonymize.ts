@@ -14,6 +14,7 @@ import type { LogSink } from '../observe/logger';
 import { DeidPipeline } from '../pipeline';
 import { Quarantine } from '../deliver/quarantine';
 import { writeFileAtomicSync } from '../deliver/folder';
+import { BackgroundWriter, errorText } from '../deliver/background-writer';
 import { prepareFile, Stage } from './batch-file';
 
 export interface AnonymizeOptions {
@@ -36,6 +37,9 @@ export interface BatchSummary {
   perStudy: Map<string, number>;
   seconds: number;
 }
+
+/** Below this many files, a writer thread costs more to start than it saves. */
+const BACKGROUND_WRITER_MIN_FILES = 32;
 
 function listFiles(dir: string, out: string[] = []): string[] {
   const entries = readdirSync(dir, { withFileTypes: true });
@@ -84,33 +88,49 @@ export async function runAnonymize(config: RouterConfig, salt: string, o: Anonym
     if (o.move && original.length) rmSync(file);
   };
 
-  for (const file of files) {
-    const p = prepareFile(pipeline, file);
-    s.bytesIn += p.bytes;
-    if (p.kind === 'skipped') {
-      s.skipped++;
-      o.logger.debug({}, 'skipped a file that is not DICOM');
-    } else if (p.kind === 'quarantine') {
-      toQuarantine(file, p.stage, p.reason, p.study);
-    } else if (claimed.has(p.rel)) {
-      s.duplicates++;
-      o.logger.debug({ output: p.rel }, 'skipped: same SOP instance as an earlier input');
-      if (o.move) rmSync(file);
-    } else {
-      claimed.add(p.rel);
-      try {
-        writeFileAtomicSync(join(o.outgoing, p.rel), p.chunks, { durable: o.fsync });
-      } catch (e) {
-        toQuarantine(file, 'deliver', `cannot write the result: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-        done++;
-        continue;
+  const written = (file: string, study: string) => {
+    s.processed++;
+    s.perStudy.set(study, (s.perStudy.get(study) ?? 0) + 1);
+    if (o.move) rmSync(file);
+  };
+  const notWritten = (file: string, error: string) => toQuarantine(file, 'deliver', `cannot write the result: ${error}`);
+  // Enough files to pay for a thread: writes overlap with reading and de-identifying the next file.
+  const writer = files.length >= BACKGROUND_WRITER_MIN_FILES
+    ? new BackgroundWriter<{ file: string; study: string }>((c) => (c.error === undefined ? written(c.tag.file, c.tag.study) : notWritten(c.tag.file, c.error)), o.fsync)
+    : undefined;
+
+  try {
+    for (const file of files) {
+      const p = prepareFile(pipeline, file, writer && ((size) => writer.inputBuffer(size)));
+      s.bytesIn += p.bytes;
+      if (p.kind === 'skipped') {
+        s.skipped++;
+        o.logger.debug({}, 'skipped a file that is not DICOM');
+      } else if (p.kind === 'quarantine') {
+        toQuarantine(file, p.stage, p.reason, p.study);
+      } else if (claimed.has(p.rel)) {
+        s.duplicates++;
+        o.logger.debug({ output: p.rel }, 'skipped: same SOP instance as an earlier input');
+        if (o.move) rmSync(file);
+      } else {
+        claimed.add(p.rel);
+        const path = join(o.outgoing, p.rel);
+        if (writer) {
+          writer.submit(path, p.chunks, { file, study: p.study });
+        } else {
+          try {
+            writeFileAtomicSync(path, p.chunks, { durable: o.fsync });
+            written(file, p.study);
+          } catch (e) {
+            notWritten(file, errorText(e));
+          }
+        }
       }
-      s.processed++;
-      s.perStudy.set(p.study, (s.perStudy.get(p.study) ?? 0) + 1);
-      if (o.move) rmSync(file);
+      done++;
+      draw();
     }
-    done++;
-    draw();
+  } finally {
+    await writer?.close();
   }
   draw(true);
   s.seconds = Number(process.hrtime.bigint() - started) / 1e9;

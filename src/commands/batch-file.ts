@@ -17,18 +17,25 @@ export type Prepared =
 // processFile returns.
 let readBuffer = Buffer.allocUnsafeSlow(4 << 20);
 
-function readWhole(path: string): Buffer {
+/** Where to read an input of `size` bytes; undefined: the reused buffer. */
+export type InputBuffers = (size: number) => Buffer | undefined;
+
+function readWhole(path: string, bufferFor?: InputBuffers): Buffer {
   const fd = openSync(path, 'r');
   try {
     const size = fstatSync(fd).size;
-    if (size > readBuffer.length) readBuffer = Buffer.allocUnsafeSlow(Math.max(size, readBuffer.length * 2));
+    let target = bufferFor?.(size);
+    if (!target) {
+      if (size > readBuffer.length) readBuffer = Buffer.allocUnsafeSlow(Math.max(size, readBuffer.length * 2));
+      target = readBuffer;
+    }
     let n = 0;
     while (n < size) {
-      const got = readSync(fd, readBuffer, n, size - n, n);
+      const got = readSync(fd, target, n, size - n, n);
       if (got === 0) break;
       n += got;
     }
-    return readBuffer.subarray(0, n);
+    return target.subarray(0, n);
   } finally {
     closeSync(fd);
   }
@@ -36,10 +43,10 @@ function readWhole(path: string): Buffer {
 
 /** The chunks of a 'ready' result are slices of a buffer that the next call reuses: write or
  * copy them before calling again. */
-export function prepareFile(pipeline: DeidPipeline, path: string): Prepared {
+export function prepareFile(pipeline: DeidPipeline, path: string, bufferFor?: InputBuffers): Prepared {
   let bytes: Buffer;
   try {
-    bytes = readWhole(path);
+    bytes = readWhole(path, bufferFor);
   } catch (e) {
     return { kind: 'quarantine', stage: 'read', reason: `cannot read the file: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, bytes: 0 };
   }

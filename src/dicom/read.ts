@@ -4,7 +4,7 @@
 import { inflateRawSync } from 'zlib';
 import { DicomObject, DicomParseError, Element, Item, getString, makeElement } from './dataset';
 import { implicitVr } from './dictionary';
-import { isKnownVr, hasLongLength } from './vr';
+import { isKnownVr, hasLongLength, slotHasLongLength, vrAtSlot, vrSlot } from './vr';
 import { EXPLICIT_LE, IMPLICIT_LE, Syntax, TS, transferSyntaxInfo } from './uids';
 
 const ITEM = 0xfffee000;
@@ -12,17 +12,30 @@ const ITEM_DELIM = 0xfffee00d;
 const SEQ_DELIM = 0xfffee0dd;
 const UNDEFINED = 0xffffffff;
 
+// Callers check bounds before reading a header, so the hot reads below index the bytes directly
+// (Buffer's read methods re-check them on every call).
 class Reader {
-  constructor(readonly buf: Buffer, readonly syntax: Syntax) {}
+  private readonly le: boolean;
+
+  constructor(readonly buf: Buffer, readonly syntax: Syntax) {
+    this.le = syntax.littleEndian;
+  }
 
   u16(pos: number): number {
-    return this.syntax.littleEndian ? this.buf.readUInt16LE(pos) : this.buf.readUInt16BE(pos);
+    const b = this.buf;
+    return this.le ? b[pos] | (b[pos + 1] << 8) : (b[pos] << 8) | b[pos + 1];
   }
   u32(pos: number): number {
-    return this.syntax.littleEndian ? this.buf.readUInt32LE(pos) : this.buf.readUInt32BE(pos);
+    const b = this.buf;
+    return this.le
+      ? (b[pos] | (b[pos + 1] << 8) | (b[pos + 2] << 16) | (b[pos + 3] << 24)) >>> 0
+      : ((b[pos] << 24) | (b[pos + 1] << 16) | (b[pos + 2] << 8) | b[pos + 3]) >>> 0;
   }
   tag(pos: number): number {
-    return ((this.u16(pos) << 16) | this.u16(pos + 2)) >>> 0;
+    const b = this.buf;
+    return this.le
+      ? ((b[pos + 1] << 24) | (b[pos] << 16) | (b[pos + 3] << 8) | b[pos + 2]) >>> 0
+      : ((b[pos] << 24) | (b[pos + 1] << 16) | (b[pos + 2] << 8) | b[pos + 3]) >>> 0;
   }
 
   /** Reads elements from pos until end, or until an item delimiter when inItem is set. */
@@ -42,13 +55,12 @@ class Reader {
       let length: number;
       let valuePos: number;
       if (this.syntax.explicit) {
-        const c0 = buf[pos + 4];
-        const c1 = buf[pos + 5];
-        vr = String.fromCharCode(c0, c1);
-        if (!isKnownVr(vr)) {
-          throw new DicomParseError(`invalid VR bytes 0x${c0.toString(16)} 0x${c1.toString(16)}`, pos);
+        const slot = vrSlot(buf[pos + 4], buf[pos + 5]);
+        if (slot < 0) {
+          throw new DicomParseError(`invalid VR bytes 0x${buf[pos + 4].toString(16)} 0x${buf[pos + 5].toString(16)}`, pos);
         }
-        if (hasLongLength(vr)) {
+        vr = vrAtSlot(slot);
+        if (slotHasLongLength(slot)) {
           if (pos + 12 > end) throw new DicomParseError('truncated element header', pos);
           length = this.u32(pos + 8);
           valuePos = pos + 12;

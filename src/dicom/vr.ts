@@ -15,6 +15,30 @@ export function isKnownVr(vr: string): boolean {
 }
 export const KNOWN_VRS: readonly string[] = [...ALL_VRS];
 
+// The reader meets a VR as two bytes, for every element. One table indexed by those bytes gives
+// the (interned) VR string and its header form without building a string first.
+const VR_SLOTS: Array<string | undefined> = new Array(26 * 26).fill(undefined);
+const LONG_SLOTS = new Uint8Array(26 * 26);
+for (const vr of ALL_VRS) {
+  const i = (vr.charCodeAt(0) - 65) * 26 + (vr.charCodeAt(1) - 65);
+  VR_SLOTS[i] = vr;
+  LONG_SLOTS[i] = LONG_LENGTH.has(vr) ? 1 : 0;
+}
+/** Slot of the VR spelled by bytes c0 c1, or -1 when they spell no known VR. */
+export function vrSlot(c0: number, c1: number): number {
+  const a = c0 - 65;
+  const b = c1 - 65;
+  if (a < 0 || a > 25 || b < 0 || b > 25) return -1;
+  const i = a * 26 + b;
+  return VR_SLOTS[i] === undefined ? -1 : i;
+}
+export function vrAtSlot(slot: number): string {
+  return VR_SLOTS[slot] as string;
+}
+export function slotHasLongLength(slot: number): boolean {
+  return LONG_SLOTS[slot] === 1;
+}
+
 /** Character-string VRs: values are text, padded to even length with a space (UI: NUL). */
 const STRING_VRS = new Set(['AE', 'AS', 'CS', 'DA', 'DS', 'DT', 'IS', 'LO', 'LT', 'PN', 'SH', 'ST', 'TM', 'UC', 'UI', 'UR', 'UT']);
 export function isStringVr(vr: string): boolean {
