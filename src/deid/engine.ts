@@ -59,15 +59,25 @@ export function deidentify(obj: DicomObject, plan: StudyPlan): DicomObject {
   const dataset = addMethodAttributes(processElements(obj.dataset, ctx), ctx, obj);
   const sopClass = elementString(findElement(dataset, T.SOPClassUID)) ?? elementString(findElement(obj.meta, 0x00020002));
   const sopInstance = elementString(findElement(dataset, T.SOPInstanceUID));
-  const meta: Element[] = [
-    makeElement(0x00020001, 'OB', Buffer.from([0, 1])),
-  ];
+  const meta: Element[] = [META_VERSION];
   if (sopClass) meta.push(str(0x00020002, 'UI', sopClass));
   if (sopInstance) meta.push(str(0x00020003, 'UI', sopInstance));
-  meta.push(str(0x00020010, 'UI', obj.transferSyntaxUid));
-  meta.push(str(0x00020012, 'UI', IMPLEMENTATION_CLASS_UID));
-  meta.push(str(0x00020013, 'SH', IMPLEMENTATION_VERSION_NAME));
+  meta.push(transferSyntaxElement(obj.transferSyntaxUid), META_IMPLEMENTATION_CLASS, META_IMPLEMENTATION_VERSION);
   return { ...obj, meta, dataset, hadMeta: true };
+}
+
+const META_VERSION = makeElement(0x00020001, 'OB', Buffer.from([0, 1]));
+const META_IMPLEMENTATION_CLASS = str(0x00020012, 'UI', IMPLEMENTATION_CLASS_UID);
+const META_IMPLEMENTATION_VERSION = str(0x00020013, 'SH', IMPLEMENTATION_VERSION_NAME);
+const transferSyntaxElements = new Map<string, Element>();
+function transferSyntaxElement(uid: string): Element {
+  let e = transferSyntaxElements.get(uid);
+  if (!e) {
+    e = str(0x00020010, 'UI', uid);
+    // A handful of syntaxes in practice; a stream of made-up ones must not grow the map forever.
+    if (transferSyntaxElements.size < 64) transferSyntaxElements.set(uid, e);
+  }
+  return e;
 }
 
 function str(tag: number, vr: string, text: string, charset?: string): Element {
@@ -335,27 +345,45 @@ function keepPrivate(el: Element, creators: Map<number, string>, plan: StudyPlan
   return rule.elements.length === 0 || rule.elements.includes((group << 8) | (elNo & 0xff));
 }
 
-/** PS3.15 E.1.1: record that and how the object was de-identified. */
+/** The method attributes of a plan, per VR encoding: the same for every image of a study. */
+const methodAttributeCache = new WeakMap<StudyPlan, { explicit: Element[]; implicit: Element[] }>();
+
+function methodAttributes(plan: StudyPlan, explicit: boolean): Element[] {
+  let cached = methodAttributeCache.get(plan);
+  if (!cached) {
+    const make = (implicit: boolean): Element[] => {
+      const add: Element[] = [];
+      if (plan.basicProfile) add.push(str(T.PatientIdentityRemoved, 'CS', plan.identityRemoved ? 'YES' : 'NO'));
+      add.push(makeElement(T.DeidentificationMethod, 'LO', encodeString('LO', plan.methodText.join('\\'))));
+      if (plan.methodCodes.length) {
+        add.push(makeElement(T.DeidentificationMethodCodeSequence, 'SQ', null, false, plan.methodCodes.map(([code, meaning]) => ({
+          elements: [str(T.CodeValue, 'SH', code), str(T.CodingSchemeDesignator, 'SH', 'DCM'), str(T.CodeMeaning, 'LO', meaning)],
+          undefinedLength: false,
+        }))));
+      }
+      if (plan.basicProfile) add.push(str(T.LongitudinalTemporalInformationModified, 'CS', plan.longitudinal));
+      if (implicit) for (const a of add) a.vr = lookupTag(a.tag)?.vr ?? a.vr;
+      return add; // in tag order
+    };
+    cached = { explicit: make(false), implicit: make(true) };
+    methodAttributeCache.set(plan, cached);
+  }
+  return explicit ? cached.explicit : cached.implicit;
+}
+
+/** PS3.15 E.1.1: record that and how the object was de-identified. The elements are shared
+ * between outputs; nothing changes an element once it is made. */
 function addMethodAttributes(dataset: Element[], ctx: Ctx, obj: DicomObject): Element[] {
-  const plan = ctx.plan;
-  const add: Element[] = [];
-  if (plan.basicProfile) add.push(str(T.PatientIdentityRemoved, 'CS', plan.identityRemoved ? 'YES' : 'NO'));
-  add.push(makeElement(T.DeidentificationMethod, 'LO', encodeString('LO', plan.methodText.join('\\'))));
-  if (plan.methodCodes.length) {
-    add.push(makeElement(T.DeidentificationMethodCodeSequence, 'SQ', null, false, plan.methodCodes.map(([code, meaning]) => ({
-      elements: [str(T.CodeValue, 'SH', code), str(T.CodingSchemeDesignator, 'SH', 'DCM'), str(T.CodeMeaning, 'LO', meaning)],
-      undefinedLength: false,
-    }))));
+  const add = methodAttributes(ctx.plan, obj.syntax.explicit);
+  // One merge of two tag-ordered lists; an added attribute replaces one the image had.
+  const merged: Element[] = [];
+  let i = 0;
+  for (const e of dataset) {
+    while (i < add.length && add[i].tag < e.tag) merged.push(add[i++]);
+    const replaced = ((e.tag >>> 16) === 0x0012 || e.tag === T.LongitudinalTemporalInformationModified) && add.some((a) => a.tag === e.tag);
+    if (!replaced) merged.push(e);
   }
-  if (plan.basicProfile) add.push(str(T.LongitudinalTemporalInformationModified, 'CS', plan.longitudinal));
-  if (!obj.syntax.explicit) for (const a of add) a.vr = lookupTag(a.tag)?.vr ?? a.vr;
-  const replace = new Set(add.map((a) => a.tag));
-  const merged = dataset.filter((e) => !replace.has(e.tag));
-  for (const a of add) {
-    let i = merged.findIndex((e) => e.tag > a.tag);
-    if (i < 0) i = merged.length;
-    merged.splice(i, 0, a);
-  }
+  while (i < add.length) merged.push(add[i++]);
   return merged;
 }
 
