@@ -8,12 +8,12 @@
 // already produced (one image sent twice, or in two encodings) is dropped the same way in every
 // run: two runs over the same input give the same output.
 import { readdirSync, readFileSync, rmSync } from 'fs';
-import { basename, join, relative } from 'path';
+import { basename, relative, resolve } from 'path';
 import type { RouterConfig } from '../config/types';
 import type { LogSink } from '../observe/logger';
 import { DeidPipeline } from '../pipeline';
 import { Quarantine } from '../deliver/quarantine';
-import { writeFileAtomicSync } from '../deliver/folder';
+import { childPath, writeFileAtomicSync } from '../deliver/folder';
 import { BackgroundWriter, errorText } from '../deliver/background-writer';
 import { prepareFile, Stage } from './batch-file';
 
@@ -45,14 +45,16 @@ function listFiles(dir: string, out: string[] = []): string[] {
   const entries = readdirSync(dir, { withFileTypes: true });
   entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   for (const e of entries) {
-    const p = join(dir, e.name);
+    const p = childPath(dir, e.name);
     if (e.isDirectory()) listFiles(p, out);
     else if (e.isFile()) out.push(p);
   }
   return out;
 }
 
-export async function runAnonymize(config: RouterConfig, salt: string, o: AnonymizeOptions): Promise<BatchSummary> {
+export async function runAnonymize(config: RouterConfig, salt: string, options: AnonymizeOptions): Promise<BatchSummary> {
+  // Normal absolute folders: paths below them are then built by concatenation (childPath).
+  const o = { ...options, incoming: resolve(options.incoming), outgoing: resolve(options.outgoing) };
   const started = process.hrtime.bigint();
   const files = listFiles(o.incoming);
   const quarantine = new Quarantine(o.quarantineDir);
@@ -114,7 +116,7 @@ export async function runAnonymize(config: RouterConfig, salt: string, o: Anonym
         if (o.move) rmSync(file);
       } else {
         claimed.add(p.rel);
-        const path = join(o.outgoing, p.rel);
+        const path = childPath(o.outgoing, p.rel); // rel: checked UIDs and a sanitised study name
         if (writer) {
           writer.submit(path, p.chunks, { file, study: p.study });
         } else {

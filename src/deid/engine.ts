@@ -96,7 +96,7 @@ function processElements(elements: readonly Element[], ctx: Ctx): Element[] {
       if (group <= 0x0007) continue; // groups 1, 3, 5, 7 may not be used at all
       if (!creators) creators = privateCreators(elements);
       const kept = keepPrivate(el, creators, ctx.plan);
-      if (kept) out.push(el.items ? { ...el, items: processItems(el.items, ctx) } : el);
+      if (kept) out.push(el.items ? withItems(el, processItems(el.items, ctx)) : el);
       continue;
     }
     const op = resolveOp(el, ctx.plan);
@@ -106,8 +106,17 @@ function processElements(elements: readonly Element[], ctx: Ctx): Element[] {
   return out;
 }
 
+// Elements and item lists are made in one way each (makeElement; push onto []), as the reader
+// makes them: an object or array of another hidden class reaching the optimised writer after
+// warm-up deoptimises it (measured: writeElements was compiled three times per batch run).
 function processItems(items: readonly Item[], ctx: Ctx): Item[] {
-  return items.map((it) => ({ elements: processElements(it.elements, ctx), undefinedLength: it.undefinedLength }));
+  const out: Item[] = [];
+  for (const it of items) out.push({ elements: processElements(it.elements, ctx), undefinedLength: it.undefinedLength });
+  return out;
+}
+
+function withItems(el: Element, items: Item[]): Element {
+  return makeElement(el.tag, el.vr, el.value, el.undefinedLength, items, el.itemSyntax, el.encapsulated);
 }
 
 /** VR the value really has: the dictionary's when the element came as UN. */
@@ -155,8 +164,8 @@ function applyOp(el: Element, op: Op, siblings: readonly Element[], ctx: Ctx): E
   if (el.items) {
     // Sequences: remove, empty, or keep and de-identify every item.
     if (op.op === 'delete') return undefined;
-    if (op.op === 'clear') return { ...el, items: [] };
-    return { ...el, items: processItems(el.items, ctx) };
+    if (op.op === 'clear') return withItems(el, []);
+    return withItems(el, processItems(el.items, ctx));
   }
   switch (op.op) {
     case 'keep':
