@@ -13,9 +13,9 @@ import type { RouterConfig } from '../config/types';
 import type { LogSink } from '../observe/logger';
 import { DeidPipeline } from '../pipeline';
 import { Quarantine } from '../deliver/quarantine';
-import { childPath, writeFileAtomicSync } from '../deliver/folder';
-import { BackgroundWriter, errorText } from '../deliver/background-writer';
-import { prepareFile, Stage } from './batch-file';
+import { childPath } from '../deliver/folder';
+import { BatchIo, Completion, FileIo, InlineIo } from './batch-io';
+import { prepareInput, Prepared, Stage } from './batch-file';
 
 export interface AnonymizeOptions {
   incoming: string;
@@ -38,8 +38,8 @@ export interface BatchSummary {
   seconds: number;
 }
 
-/** Below this many files, a writer thread costs more to start than it saves. */
-const BACKGROUND_WRITER_MIN_FILES = 32;
+/** Below this many files, an I/O thread costs more to start than it saves. */
+const IO_THREAD_MIN_FILES = 32;
 
 function listFiles(dir: string, out: string[] = []): string[] {
   const entries = readdirSync(dir, { withFileTypes: true });
@@ -96,43 +96,40 @@ export async function runAnonymize(config: RouterConfig, salt: string, options: 
     if (o.move) rmSync(file);
   };
   const notWritten = (file: string, error: string) => toQuarantine(file, 'deliver', `cannot write the result: ${error}`);
-  // Enough files to pay for a thread: writes overlap with reading and de-identifying the next file.
-  const writer = files.length >= BACKGROUND_WRITER_MIN_FILES
-    ? new BackgroundWriter<{ file: string; study: string }>((c) => (c.error === undefined ? written(c.tag.file, c.tag.study) : notWritten(c.tag.file, c.error)), o.fsync)
-    : undefined;
+  const onDone = (c: Completion<{ file: string; study: string }>) => (c.error === undefined ? written(c.tag.file, c.tag.study) : notWritten(c.tag.file, c.error));
+  // Enough files to pay for a thread: reads ahead and writes behind overlap with de-identifying.
+  const io: FileIo<{ file: string; study: string }> = files.length >= IO_THREAD_MIN_FILES
+    ? new BatchIo(files, onDone, o.fsync)
+    : new InlineIo(files, onDone, o.fsync);
 
   try {
     for (const file of files) {
-      const p = prepareFile(pipeline, file, writer && ((size) => writer.inputBuffer(size)));
+      const input = io.next();
+      const p: Prepared = input.error !== undefined
+        ? { kind: 'quarantine', stage: 'read', reason: `cannot read the file: ${input.error}`, bytes: 0 }
+        : prepareInput(pipeline, input.bytes);
       s.bytesIn += p.bytes;
-      if (p.kind === 'skipped') {
-        s.skipped++;
-        o.logger.debug({}, 'skipped a file that is not DICOM');
-      } else if (p.kind === 'quarantine') {
-        toQuarantine(file, p.stage, p.reason, p.study);
-      } else if (claimed.has(p.rel)) {
-        s.duplicates++;
-        o.logger.debug({ output: p.rel }, 'skipped: same SOP instance as an earlier input');
-        if (o.move) rmSync(file);
-      } else {
+      if (p.kind === 'ready' && !claimed.has(p.rel)) {
         claimed.add(p.rel);
-        const path = childPath(o.outgoing, p.rel); // rel: checked UIDs and a sanitised study name
-        if (writer) {
-          writer.submit(path, p.chunks, { file, study: p.study });
+        io.write(childPath(o.outgoing, p.rel), p.chunks, { file, study: p.study }); // rel: checked UIDs, sanitised study name
+      } else {
+        io.release();
+        if (p.kind === 'skipped') {
+          s.skipped++;
+          o.logger.debug({}, 'skipped a file that is not DICOM');
+        } else if (p.kind === 'quarantine') {
+          toQuarantine(file, p.stage, p.reason, p.study);
         } else {
-          try {
-            writeFileAtomicSync(path, p.chunks, { durable: o.fsync });
-            written(file, p.study);
-          } catch (e) {
-            notWritten(file, errorText(e));
-          }
+          s.duplicates++;
+          o.logger.debug({ output: p.rel }, 'skipped: same SOP instance as an earlier input');
+          if (o.move) rmSync(file);
         }
       }
       done++;
       draw();
     }
   } finally {
-    await writer?.close();
+    await io.close();
   }
   draw(true);
   s.seconds = Number(process.hrtime.bigint() - started) / 1e9;

@@ -1,0 +1,110 @@
+// The batch command's I/O thread (src/commands/batch-io.ts): inputs read ahead arrive whole and in
+// order, outputs are written from where the inputs were read, the ring wraps without overwriting
+// anything still in use, failures are reported per file, and outcomes come back in file order.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'fs';
+import { tmpdir } from 'os';
+import { join } from 'path';
+import { randomBytes } from 'crypto';
+import { BatchIo, InlineIo, type Completion, type FileIo } from '../src/commands/batch-io';
+import { TEMP_PREFIX } from '../src/deliver/folder';
+
+interface Case {
+  inputs: string[];
+  contents: Buffer[];
+  outDir: string;
+}
+
+function makeInputs(n: number, size: (i: number) => number): Case {
+  const base = mkdtempSync(join(tmpdir(), 'deid-bio-'));
+  mkdirSync(join(base, 'in'));
+  const inputs: string[] = [];
+  const contents: Buffer[] = [];
+  for (let i = 0; i < n; i++) {
+    const b = randomBytes(size(i));
+    const f = join(base, 'in', `f${String(i).padStart(4, '0')}`);
+    writeFileSync(f, b);
+    inputs.push(f);
+    contents.push(b);
+  }
+  return { inputs, contents, outDir: join(base, 'out') };
+}
+
+/** Runs a batch through io: output i = new head + slices of input i + new middle, except for
+ * every 7th input, which is released unwritten. Returns what each output should hold. */
+function run(io: FileIo<number>, c: Case, head = (i: number) => Buffer.from(`head ${i}`)): Map<number, Buffer> {
+  const expected = new Map<number, Buffer>();
+  for (let i = 0; i < c.inputs.length; i++) {
+    const input = io.next();
+    assert.equal(input.error, undefined, `input ${i}`);
+    assert.ok(input.bytes!.equals(c.contents[i]), `input ${i} arrives whole`);
+    if (i % 7 === 3) {
+      io.release();
+      continue;
+    }
+    const b = input.bytes!;
+    const cut = Math.min(100, b.length);
+    const chunks = [head(i), b.subarray(0, cut), randomBytes(i % 2 ? 10 : 3000), b.subarray(cut)];
+    expected.set(i, Buffer.concat(chunks));
+    io.write(join(c.outDir, `s${i % 5}`, `o${i}`), chunks, i);
+  }
+  return expected;
+}
+
+function checkOutputs(c: Case, expected: Map<number, Buffer>, done: Completion<number>[]): void {
+  assert.deepEqual(done.map((d) => d.tag), [...expected.keys()], 'outcomes in file order');
+  assert.ok(done.every((d) => d.error === undefined), JSON.stringify(done.filter((d) => d.error)));
+  for (const [i, b] of expected) assert.ok(readFileSync(join(c.outDir, `s${i % 5}`, `o${i}`)).equals(b), `output ${i}`);
+  assert.ok(!readdirSync(c.outDir, { recursive: true }).map(String).some((n) => n.includes(TEMP_PREFIX)), 'no temp file left');
+}
+
+test('thread: 300 inputs through a small ring that wraps many times', async () => {
+  const c = makeInputs(300, (i) => 1 + ((i * 7919) % 30000));
+  const done: Completion<number>[] = [];
+  const io = new BatchIo<number>(c.inputs, (d) => done.push(d), false, 512 << 10);
+  const expected = run(io, c);
+  await io.close();
+  checkOutputs(c, expected, done);
+});
+
+test('inline: the same contract on the calling thread', async () => {
+  const c = makeInputs(40, (i) => 1 + i * 1000);
+  const done: Completion<number>[] = [];
+  const io = new InlineIo<number>(c.inputs, (d) => done.push(d), false);
+  const expected = run(io, c);
+  await io.close();
+  checkOutputs(c, expected, done);
+});
+
+test('thread: inputs too large for the ring, new bytes beyond the room, unreadable inputs and failed writes', async () => {
+  // Ring 512 KiB: inputs over 192 KiB are read on the main thread.
+  const c = makeInputs(12, (i) => (i === 4 || i === 9 ? 300_000 : 5000 + i));
+  const missing = join(c.outDir, '..', 'in', 'gone');
+  c.inputs.splice(6, 0, missing);
+  c.contents.splice(6, 0, Buffer.alloc(0));
+  const blocker = join(c.outDir, '..', 'not-a-folder');
+  writeFileSync(blocker, 'x');
+  const done: Completion<number>[] = [];
+  const io = new BatchIo<number>(c.inputs, (d) => done.push(d), false, 512 << 10);
+  const expected = new Map<number, Buffer>();
+  for (let i = 0; i < c.inputs.length; i++) {
+    const input = io.next();
+    if (i === 6) {
+      assert.match(input.error ?? '', /ENOENT/);
+      io.release();
+      continue;
+    }
+    assert.ok(input.bytes!.equals(c.contents[i]), `input ${i}`);
+    // Input 2 gets 100 KB of new bytes: more than the room beside it.
+    const chunks = i === 2 ? [randomBytes(100_000), input.bytes!] : [Buffer.from([i]), input.bytes!];
+    const path = i === 8 ? join(blocker, 'o8') : join(c.outDir, `o${i}`);
+    if (i !== 8) expected.set(i, Buffer.concat(chunks));
+    io.write(path, chunks, i);
+  }
+  await io.close();
+  assert.deepEqual(done.map((d) => d.tag), [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12]);
+  for (const d of done) assert.equal(d.error === undefined, d.tag !== 8, `outcome of ${d.tag}`);
+  assert.match(done.find((d) => d.tag === 8)!.error!, /ENOTDIR|EEXIST/);
+  for (const [i, b] of expected) assert.ok(readFileSync(join(c.outDir, `o${i}`)).equals(b), `output ${i}`);
+});
