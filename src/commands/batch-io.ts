@@ -95,6 +95,7 @@ export class InlineIo<T> implements FileIo<T> {
   constructor(private readonly files: readonly string[], private readonly onDone: (c: Completion<T>) => void, private readonly durable: boolean) {}
 
   next(): Input {
+    if (this.i >= this.files.length) throw new Error('InlineIo: no more inputs');
     return readInput(this.files[this.i++]);
   }
 
@@ -218,6 +219,7 @@ export class BatchIo<T> implements FileIo<T> {
 
   next(): Input {
     if (this.current) throw new Error('BatchIo: the previous input was not answered');
+    if (this.nextIndex >= this.files.length) throw new Error('BatchIo: no more inputs');
     const index = this.nextIndex++;
     while (Atomics.load(this.control, C.read) <= index) this.waitForProgress();
     const at = (index % SLOTS) * 3;
