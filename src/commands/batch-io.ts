@@ -227,9 +227,9 @@ export class BatchIo<T> implements FileIo<T> {
     const size = this.reads[at + 1];
     const state = this.reads[at + 2];
     const error = state === R.failed ? errorAt(this.readErrors, index) : undefined;
-    // Taken: from here on the thread may reuse this read slot (and may be waiting to).
+    // Taken: from here on the thread may reuse this read slot. No wake-up: a thread held back by
+    // the slot limit is SLOTS inputs ahead, and the answers posted meanwhile wake it.
     Atomics.add(this.control, C.taken, 1);
-    this.wakeThread();
     if (state === R.inRing) {
       this.current = { index, start, end: start + size, inRing: true };
       return { bytes: this.ring.subarray(start, start + size) };
