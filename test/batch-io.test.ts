@@ -62,7 +62,8 @@ function checkOutputs(c: Case, expected: Map<number, Buffer>, done: Completion<n
 test('thread: 300 inputs through a small ring that wraps many times', async () => {
   const c = makeInputs(300, (i) => 1 + ((i * 7919) % 30000));
   const done: Completion<number>[] = [];
-  const io = new BatchIo<number>(c.inputs, (d) => done.push(d), false, 512 << 10);
+  const io = new BatchIo<number>(c.inputs, false, 512 << 10);
+  io.onDone = (d) => done.push(d);
   const expected = run(io, c);
   await io.close();
   checkOutputs(c, expected, done);
@@ -71,7 +72,8 @@ test('thread: 300 inputs through a small ring that wraps many times', async () =
 test('inline: the same contract on the calling thread', async () => {
   const c = makeInputs(40, (i) => 1 + i * 1000);
   const done: Completion<number>[] = [];
-  const io = new InlineIo<number>(c.inputs, (d) => done.push(d), false);
+  const io = new InlineIo<number>(c.inputs, false);
+  io.onDone = (d) => done.push(d);
   const expected = run(io, c);
   await io.close();
   checkOutputs(c, expected, done);
@@ -86,7 +88,8 @@ test('thread: inputs too large for the ring, new bytes beyond the room, unreadab
   const blocker = join(c.outDir, '..', 'not-a-folder');
   writeFileSync(blocker, 'x');
   const done: Completion<number>[] = [];
-  const io = new BatchIo<number>(c.inputs, (d) => done.push(d), false, 512 << 10);
+  const io = new BatchIo<number>(c.inputs, false, 512 << 10);
+  io.onDone = (d) => done.push(d);
   const expected = new Map<number, Buffer>();
   for (let i = 0; i < c.inputs.length; i++) {
     const input = io.next();

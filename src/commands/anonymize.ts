@@ -6,14 +6,14 @@
 // Because claims are made in input order, an input holding a SOP instance that an earlier input
 // already produced (one image sent twice, or in two encodings) is dropped the same way in every
 // run: two runs over the same input give the same output.
-import { readdirSync, readFileSync, rmSync } from 'fs';
+import { readFileSync, rmSync } from 'fs';
 import { basename, relative, resolve } from 'path';
 import type { RouterConfig } from '../config/types';
 import type { LogSink } from '../observe/logger';
 import { DeidPipeline } from '../pipeline';
 import { Quarantine } from '../deliver/quarantine';
 import { childPath } from '../deliver/folder';
-import { BatchIo, Completion, FileIo, InlineIo } from './batch-io';
+import { Completion, FileIo, listInputs, openFileIo } from './batch-io';
 import { prepareInput, Prepared, Stage } from './batch-file';
 
 export interface AnonymizeOptions {
@@ -37,25 +37,19 @@ export interface BatchSummary {
   seconds: number;
 }
 
-/** Below this many files, an I/O thread costs more to start than it saves. */
-const IO_THREAD_MIN_FILES = 32;
-
-function listFiles(dir: string, out: string[] = []): string[] {
-  const entries = readdirSync(dir, { withFileTypes: true });
-  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  for (const e of entries) {
-    const p = childPath(dir, e.name);
-    if (e.isDirectory()) listFiles(p, out);
-    else if (e.isFile()) out.push(p);
-  }
-  return out;
+/** What runAnonymize hands to FileIo with each output. */
+export interface OutputTag {
+  file: string;
+  study: string;
 }
 
-export async function runAnonymize(config: RouterConfig, salt: string, options: AnonymizeOptions): Promise<BatchSummary> {
+/** `opened`: the inputs and their FileIo, when the caller opened them early (see openFileIo). */
+export async function runAnonymize(config: RouterConfig, salt: string, options: AnonymizeOptions, opened?: { files: string[]; io: FileIo<OutputTag> }): Promise<BatchSummary> {
   // Normal absolute folders: paths below them are then built by concatenation (childPath).
   const o = { ...options, incoming: resolve(options.incoming), outgoing: resolve(options.outgoing) };
   const started = process.hrtime.bigint();
-  const files = listFiles(o.incoming);
+  const files = opened?.files ?? listInputs(o.incoming);
+  const io = opened?.io ?? openFileIo<OutputTag>(files, o.fsync);
   const quarantine = new Quarantine(o.quarantineDir);
   const pipeline = new DeidPipeline(config, salt);
   const s: BatchSummary = { processed: 0, quarantined: 0, duplicates: 0, skipped: 0, bytesIn: 0, perStudy: new Map(), seconds: 0 };
@@ -95,11 +89,7 @@ export async function runAnonymize(config: RouterConfig, salt: string, options: 
     if (o.move) rmSync(file);
   };
   const notWritten = (file: string, error: string) => toQuarantine(file, 'deliver', `cannot write the result: ${error}`);
-  const onDone = (c: Completion<{ file: string; study: string }>) => (c.error === undefined ? written(c.tag.file, c.tag.study) : notWritten(c.tag.file, c.error));
-  // Enough files to pay for a thread: reads ahead and writes behind overlap with de-identifying.
-  const io: FileIo<{ file: string; study: string }> = files.length >= IO_THREAD_MIN_FILES
-    ? new BatchIo(files, onDone, o.fsync)
-    : new InlineIo(files, onDone, o.fsync);
+  io.onDone = (c: Completion<OutputTag>) => (c.error === undefined ? written(c.tag.file, c.tag.study) : notWritten(c.tag.file, c.error));
 
   try {
     for (const file of files) {

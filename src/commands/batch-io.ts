@@ -16,8 +16,8 @@
 // every message wakes the other thread, which is expensive in a VM.
 import { Worker } from 'worker_threads';
 import { join } from 'path';
-import { closeSync, fstatSync, openSync, readSync } from 'fs';
-import { writeFileAtomicSync } from '../deliver/folder';
+import { closeSync, fstatSync, openSync, readSync, readdirSync } from 'fs';
+import { childPath, writeFileAtomicSync } from '../deliver/folder';
 
 export type Input = { bytes: Buffer; error?: undefined } | { bytes?: undefined; error: string };
 
@@ -30,14 +30,41 @@ export interface Completion<T> {
 /**
  * next() once per file, in order; answer each input with write() or release() before the next
  * call. An input's bytes are valid until it is answered. Write outcomes are reported in file
- * order to the onDone callback, on the calling thread, from inside any of these calls.
+ * order to onDone (set it before the first write), on the calling thread, from inside any of
+ * these calls.
  */
 export interface FileIo<T> {
+  onDone: (c: Completion<T>) => void;
   next(): Input;
   write(path: string, chunks: readonly Buffer[], tag: T): void;
   release(): void;
   /** Waits for every output and reports it. */
   close(): Promise<void>;
+}
+
+function unset(): never {
+  throw new Error('FileIo: onDone was not set');
+}
+
+/** Below this many files, an I/O thread costs more to start than it saves. */
+export const IO_THREAD_MIN_FILES = 32;
+
+/** The FileIo for a run over `files`. Opened as early as possible: the I/O thread starts up, and
+ * reads the first inputs, while the caller loads its configuration and modules. */
+export function openFileIo<T>(files: readonly string[], durable: boolean): FileIo<T> {
+  return files.length >= IO_THREAD_MIN_FILES ? new BatchIo<T>(files, durable) : new InlineIo<T>(files, durable);
+}
+
+/** Every regular file below dir, in path order (sorted by name at each level). */
+export function listInputs(dir: string, out: string[] = []): string[] {
+  const entries = readdirSync(dir, { withFileTypes: true });
+  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  for (const e of entries) {
+    const p = childPath(dir, e.name);
+    if (e.isDirectory()) listInputs(p, out);
+    else if (e.isFile()) out.push(p);
+  }
+  return out;
 }
 
 export function errorText(e: unknown): string {
@@ -90,9 +117,10 @@ function writeNow(path: string, chunks: readonly Buffer[], durable: boolean): st
 
 /** Everything on the calling thread. */
 export class InlineIo<T> implements FileIo<T> {
+  onDone: (c: Completion<T>) => void = unset;
   private i = 0;
 
-  constructor(private readonly files: readonly string[], private readonly onDone: (c: Completion<T>) => void, private readonly durable: boolean) {}
+  constructor(private readonly files: readonly string[], private readonly durable: boolean) {}
 
   next(): Input {
     if (this.i >= this.files.length) throw new Error('InlineIo: no more inputs');
@@ -189,8 +217,9 @@ export class BatchIo<T> implements FileIo<T> {
   private nextIndex = 0;
   private answered = 0;
   private current: Current | undefined;
+  onDone: (c: Completion<T>) => void = unset;
 
-  constructor(private readonly files: readonly string[], private readonly onDone: (c: Completion<T>) => void, private readonly durable: boolean, ringBytes = 16 << 20) {
+  constructor(private readonly files: readonly string[], private readonly durable: boolean, ringBytes = 16 << 20) {
     const data: IoThreadData = {
       files: [...files],
       ring: new SharedArrayBuffer(ringBytes),
