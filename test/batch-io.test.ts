@@ -111,3 +111,17 @@ test('thread: inputs too large for the ring, new bytes beyond the room, unreadab
   assert.match(done.find((d) => d.tag === 8)!.error!, /ENOTDIR|EEXIST/);
   for (const [i, b] of expected) assert.ok(readFileSync(join(c.outDir, `o${i}`)).equals(b), `output ${i}`);
 });
+
+test('thread: a failure of the I/O thread itself ends the run with its reason instead of a hang', { timeout: 10_000 }, async () => {
+  const c = makeInputs(3, () => 100);
+  const io = new BatchIo<number>(c.inputs, false, 512 << 10);
+  io.onDone = () => {};
+  assert.ok(io.next().bytes);
+  // A malformed answer stands in for a bug in the thread: its handler throws outside any file's I/O.
+  (io as unknown as { worker: { postMessage(m: unknown): void } }).worker.postMessage([[0, 'x', null]]);
+  io.release();
+  const started = Date.now();
+  // close() waits for that answer to be handled, which never happens: it must not wait forever.
+  await assert.rejects(io.close(), /batch I\/O thread failed: TypeError/);
+  assert.ok(Date.now() - started < 5000);
+});

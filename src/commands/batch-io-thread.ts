@@ -134,4 +134,12 @@ function run(): void {
   }
 }
 
-run();
+try {
+  run();
+} catch (e) {
+  // Every file's I/O error is reported for that file; anything else is a bug. Say so and stop:
+  // the main thread sees C.failed and ends the run instead of waiting for this thread forever.
+  Buffer.from(data.fatal).write(String((e as Error)?.stack ?? e).slice(0, data.fatal.byteLength), 0, 'latin1');
+  Atomics.store(control, C.failed, 1);
+  progress();
+}

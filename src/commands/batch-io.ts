@@ -146,6 +146,8 @@ export interface IoThreadData {
   readErrors: SharedArrayBuffer;
   results: SharedArrayBuffer;
   writeErrors: SharedArrayBuffer;
+  /** Why the thread stopped, when C.failed is set. */
+  fatal: SharedArrayBuffer;
   durable: boolean;
   slack: number;
 }
@@ -165,6 +167,9 @@ export const C = {
   progress: 4,
   /** Set by the main thread once everything is answered: the thread returns. */
   stop: 5,
+  /** Set by the I/O thread when it fails outside any one file's I/O (a bug): the main thread,
+   * which waits in a loop that no event can interrupt, stops the run instead of waiting forever. */
+  failed: 6,
 } as const;
 
 /** Read slot states (reads: [offset, size, state] per slot). */
@@ -208,6 +213,7 @@ export class BatchIo<T> implements FileIo<T> {
   private readonly readErrors: Buffer;
   private readonly results: Int32Array;
   private readonly writeErrors: Buffer;
+  private readonly fatal: Buffer;
   private readonly worker: Worker;
   private readonly slack = 64 << 10;
   /** Writes answered and not yet reported: [index, tag], in order. */
@@ -228,6 +234,7 @@ export class BatchIo<T> implements FileIo<T> {
       readErrors: new SharedArrayBuffer(SLOTS * ERROR_BYTES),
       results: new SharedArrayBuffer(SLOTS * Int32Array.BYTES_PER_ELEMENT),
       writeErrors: new SharedArrayBuffer(SLOTS * ERROR_BYTES),
+      fatal: new SharedArrayBuffer(ERROR_BYTES * 4),
       durable,
       slack: this.slack,
     };
@@ -237,9 +244,10 @@ export class BatchIo<T> implements FileIo<T> {
     this.readErrors = Buffer.from(data.readErrors);
     this.results = new Int32Array(data.results);
     this.writeErrors = Buffer.from(data.writeErrors);
+    this.fatal = Buffer.from(data.fatal);
     this.worker = new Worker(join(__dirname, 'batch-io-thread.js'), { workerData: data });
-    // A thread that dies takes its unfinished work with it, and the main thread would wait for
-    // it forever. It catches every I/O error itself, so this fires only on a bug or a crash.
+    // The thread reports its own failures through C.failed (see batch-io-thread.ts); this is for
+    // an error after the main thread has stopped waiting.
     this.worker.on('error', (e) => {
       process.stderr.write(`dicom-deid-router: the batch I/O thread failed: ${e.message}\n`);
       process.exit(3);
@@ -367,6 +375,7 @@ export class BatchIo<T> implements FileIo<T> {
     this.collect();
     // The timeout only bounds a lost wake-up; every state change also bumps `progress`.
     Atomics.wait(this.control, C.progress, seen, 1000);
+    if (Atomics.load(this.control, C.failed)) throw new Error(`the batch I/O thread failed: ${this.fatal.toString('latin1').replace(/\0+$/, '')}`);
     this.collect();
   }
 
