@@ -125,3 +125,53 @@ test('thread: a failure of the I/O thread itself ends the run with its reason in
   await assert.rejects(io.close(), /batch I\/O thread failed: TypeError/);
   assert.ok(Date.now() - started < 5000);
 });
+
+test('thread: 500 random inputs, answers and failures give the same outcomes as the inline I/O', { timeout: 60_000 }, async () => {
+  // A seeded generator: the same "random" run every time, so a failure can be replayed.
+  let seed = 12345;
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
+  const sizes: number[] = [];
+  for (let i = 0; i < 500; i++) sizes.push(rnd(10) === 0 ? 200_000 + rnd(100_000) : rnd(40_000));
+  const c = makeInputs(sizes.length, (i) => sizes[i]);
+  const blocker = join(c.outDir, '..', 'blocker');
+  writeFileSync(blocker, 'x');
+  // One plan of answers, played against both implementations.
+  type Step = { release: true } | { release: false; failing: boolean; cuts: number[]; extra: number[] };
+  const plan: Step[] = sizes.map((size) => {
+    if (rnd(6) === 0) return { release: true };
+    const cuts = [rnd(size + 1), rnd(size + 1)].sort((a, b) => a - b);
+    const extra = [rnd(3) === 0 ? rnd(100_000) : rnd(200), rnd(50)];
+    return { release: false, failing: rnd(25) === 0, cuts, extra };
+  });
+  const play = async (io: FileIo<number>, out: string) => {
+    const done: Completion<number>[] = [];
+    io.onDone = (d) => done.push(d);
+    for (let i = 0; i < plan.length; i++) {
+      const input = io.next();
+      assert.ok(input.bytes!.equals(c.contents[i]), `input ${i}`);
+      const step = plan[i];
+      if (step.release) {
+        io.release();
+        continue;
+      }
+      const b = input.bytes!;
+      const [x, y] = step.cuts;
+      const chunks = [Buffer.alloc(step.extra[0], i & 0xff), b.subarray(0, x), Buffer.alloc(step.extra[1], 7), b.subarray(x, y), b.subarray(y)];
+      io.write(step.failing ? join(blocker, `o${i}`) : join(out, `d${i % 7}`, `o${i}`), chunks, i);
+    }
+    await io.close();
+    return done;
+  };
+  const viaThread = await play(new BatchIo<number>(c.inputs, false, 1 << 20), join(c.outDir, 'thread'));
+  const inline = await play(new InlineIo<number>(c.inputs, false), join(c.outDir, 'inline'));
+  assert.deepEqual(viaThread.map((d) => [d.tag, d.error === undefined]), inline.map((d) => [d.tag, d.error === undefined]));
+  assert.ok(viaThread.some((d) => d.error !== undefined) && viaThread.some((d) => d.error === undefined));
+  for (const d of inline) {
+    if (d.error !== undefined) continue;
+    const rel = join(`d${d.tag % 7}`, `o${d.tag}`);
+    assert.ok(readFileSync(join(c.outDir, 'thread', rel)).equals(readFileSync(join(c.outDir, 'inline', rel))), `output ${d.tag}`);
+  }
+});
