@@ -4,7 +4,8 @@
 import { receiveMessageOnPort, parentPort, workerData } from 'worker_threads';
 import { closeSync, fstatSync, openSync } from 'fs';
 import { writeFileAtomicSync } from '../deliver/folder';
-import { Answer, C, IoThreadData, R, SLOTS, W, errorText, readInto, setErrorAt } from './batch-io';
+import { errorCode } from '../observe/errors';
+import { Answer, C, IoThreadData, R, SLOTS, W, readInto, setErrorAt } from './batch-io';
 
 const data = workerData as IoThreadData;
 const ring = Buffer.from(data.ring);
@@ -58,7 +59,7 @@ function readAhead(): boolean {
     try {
       fd = openSync(data.files[index], 'r');
     } catch (e) {
-      publishRead(index, 0, 0, R.failed, errorText(e));
+      publishRead(index, 0, 0, R.failed, errorCode(e));
       readNext++;
       return true;
     }
@@ -66,7 +67,7 @@ function readAhead(): boolean {
       waiting = { fd, size: fstatSync(fd).size };
     } catch (e) {
       closeSync(fd);
-      publishRead(index, 0, 0, R.failed, errorText(e));
+      publishRead(index, 0, 0, R.failed, errorCode(e));
       readNext++;
       return true;
     }
@@ -88,7 +89,7 @@ function readAhead(): boolean {
     n = readInto(fd, ring, start, size);
   } catch (e) {
     closeSync(fd);
-    publishRead(index, 0, 0, R.failed, errorText(e));
+    publishRead(index, 0, 0, R.failed, errorCode(e));
     readNext++;
     return true;
   }
@@ -109,7 +110,7 @@ function handle(a: Answer): void {
       writeFileAtomicSync(a[1], chunks, { durable: data.durable });
       results[index % SLOTS] = W.written;
     } catch (e) {
-      setErrorAt(writeErrors, index, errorText(e));
+      setErrorAt(writeErrors, index, errorCode(e));
       results[index % SLOTS] = W.failed;
     }
   }

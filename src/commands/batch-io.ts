@@ -18,6 +18,7 @@ import { Worker } from 'worker_threads';
 import { join } from 'path';
 import { closeSync, fstatSync, openSync, readSync, readdirSync } from 'fs';
 import { childPath, writeFileAtomicSync } from '../deliver/folder';
+import { errorCode } from '../observe/errors';
 
 export type Input = { bytes: Buffer; error?: undefined } | { bytes?: undefined; error: string };
 
@@ -67,10 +68,6 @@ export function listInputs(dir: string, out: string[] = []): string[] {
   return out;
 }
 
-export function errorText(e: unknown): string {
-  return (e as NodeJS.ErrnoException).code ?? (e as Error).message ?? String(e);
-}
-
 // A read buffer reused file after file: a fresh buffer per file costs a page fault per 4 KiB on
 // first touch, which was once the largest single cost of a batch run.
 let readBuffer = Buffer.allocUnsafeSlow(4 << 20);
@@ -102,7 +99,7 @@ function readInput(path: string): Input {
   try {
     return { bytes: readWhole(path) };
   } catch (e) {
-    return { error: errorText(e) };
+    return { error: errorCode(e) };
   }
 }
 
@@ -111,7 +108,7 @@ function writeNow(path: string, chunks: readonly Buffer[], durable: boolean): st
     writeFileAtomicSync(path, chunks, { durable });
     return undefined;
   } catch (e) {
-    return errorText(e);
+    return errorCode(e);
   }
 }
 

@@ -11,6 +11,8 @@ import { Quarantine, QuarantineReason } from '../deliver/quarantine';
 import { ForwardQueue, Spool } from '../deliver/forwarder';
 import { part10FromRawDataset } from '../dicom/write';
 import { IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME } from '../dicom/uids';
+import { statusHex } from '../deliver/spool';
+import { errorCode } from '../observe/errors';
 
 interface ForwardTarget { spool: Spool; queue: ForwardQueue }
 
@@ -74,7 +76,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       const stage = e instanceof ImageRejected ? e.stage : 'deidentify';
       const status = e instanceof ImageRejected ? e.status : Status.ProcessingFailure;
       const reason = (e as Error).message;
-      logger.warn({ callingAe: req.callingAeTitle, association: req.associationId, stage, reason, status: hex(status) }, 'image rejected and quarantined');
+      logger.warn({ callingAe: req.callingAeTitle, association: req.associationId, stage, reason, status: statusHex(status) }, 'image rejected and quarantined');
       try {
         keepOriginal(req, stage, reason);
       } catch (qe) {
@@ -97,8 +99,8 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       await deliver(r);
     } catch (e) {
       const status = outOfResources(e) ? Status.OutOfResources : Status.ProcessingFailure;
-      const reason = `delivery failed: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
-      logger.error({ callingAe: req.callingAeTitle, sopInstanceUid: r.uids?.sopInstanceUid, reason, status: hex(status) }, 'image not delivered');
+      const reason = `delivery failed: ${errorCode(e)}`;
+      logger.error({ callingAe: req.callingAeTitle, sopInstanceUid: r.uids?.sopInstanceUid, reason, status: statusHex(status) }, 'image not delivered');
       try {
         keepOriginal(req, 'deliver', reason, r.studyName);
       } catch (qe) {
@@ -135,9 +137,6 @@ function outOfResources(e: unknown): boolean {
   return code === 'ENOSPC' || code === 'EDQUOT' || code === 'EMFILE' || code === 'ENFILE' || code === 'ENOMEM';
 }
 
-function hex(status: number): string {
-  return `0x${status.toString(16).padStart(4, '0').toUpperCase()}`;
-}
 
 export async function runServe(c: RouterConfig, salt: string, logger: Logger): Promise<number> {
   const node = await startNode(c, salt, logger);

@@ -99,8 +99,8 @@ function processElements(elements: readonly Element[], ctx: Ctx): Element[] {
       if (kept) out.push(el.items ? withItems(el, processItems(el.items, ctx)) : el);
       continue;
     }
-    const op = resolveOp(el, ctx.plan);
-    const r = applyOp(el, op, elements, ctx);
+    const vr = effectiveVr(el);
+    const r = applyOp(el, vr, resolveOp(el, vr, ctx.plan), elements, ctx);
     if (r) out.push(r);
   }
   return out;
@@ -132,8 +132,13 @@ function exemptFromVrRules(tag: number): boolean {
   return tag === T.SpecificCharacterSet || tag === T.SOPClassUID || group === 0x0028 || group === 0x7fe0 || group === 0x0002;
 }
 
-export function resolveOp(el: Element, plan: StudyPlan): Op {
-  const vr = effectiveVr(el);
+// The fall-through operations, made once: most elements of an image end up here.
+const KEEP: Op = { op: 'keep' };
+const RECURSE: Op = { op: 'recurse' };
+const CLEAR: Op = { op: 'clear' };
+
+/** `vr`: effectiveVr(el), which the caller has already worked out. */
+function resolveOp(el: Element, vr: string, plan: StudyPlan): Op {
   if (plan.vrOps.size === 0) {
     const op = plan.mergedOps.get(el.tag); // tag rule, else profile row
     if (op) return op;
@@ -154,13 +159,12 @@ export function resolveOp(el: Element, plan: StudyPlan): Op {
     }
     // Safety net beyond Table E.1-1: a person's name in an attribute the table does not list
     // (newer attributes, SR content) is still a person's name.
-    if (vr === 'PN') return { op: 'clear' };
+    if (vr === 'PN') return CLEAR;
   }
-  return el.items ? { op: 'recurse' } : { op: 'keep' };
+  return el.items ? RECURSE : KEEP;
 }
 
-function applyOp(el: Element, op: Op, siblings: readonly Element[], ctx: Ctx): Element | undefined {
-  const vr = effectiveVr(el);
+function applyOp(el: Element, vr: string, op: Op, siblings: readonly Element[], ctx: Ctx): Element | undefined {
   if (el.items) {
     // Sequences: remove, empty, or keep and de-identify every item.
     if (op.op === 'delete') return undefined;

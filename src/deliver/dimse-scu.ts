@@ -10,10 +10,10 @@ import * as net from 'node:net';
 import * as tls from 'node:tls';
 import type { FileHandle } from 'node:fs/promises';
 
-export const IMPLEMENTATION_CLASS_UID = '1.2.826.0.1.3680043.10.1417.1.1';
-export const IMPLEMENTATION_VERSION_NAME = 'DEIDROUTER_01';
+import { IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, TS } from '../dicom/uids';
+
 const APPLICATION_CONTEXT = '1.2.840.10008.3.1.1.1';
-const IMPLICIT_VR_LE = '1.2.840.10008.1.2';
+const IMPLICIT_VR_LE = TS.ImplicitLE;
 
 const PDU_ASSOCIATE_RQ = 0x01;
 const PDU_ASSOCIATE_AC = 0x02;

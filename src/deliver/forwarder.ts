@@ -18,6 +18,7 @@ import {
   type TlsOptions,
 } from './dimse-scu';
 import { Part10Error, Spool, statusHex, type OpenedItem, type SpoolEntry } from './spool';
+import { errorMessage } from '../observe/errors';
 
 export type { SpoolItemInfo } from './spool';
 export { Spool } from './spool';
@@ -159,7 +160,7 @@ export class ForwardQueue {
     for (let i = 0; i < n; i++) {
       this.workers.push(
         this.worker(i).catch((e: unknown) => {
-          this.log.error({ err: errMessage(e), worker: i }, 'forward worker crashed');
+          this.log.error({ err: errorMessage(e), worker: i }, 'forward worker crashed');
         }),
       );
     }
@@ -323,7 +324,7 @@ export class ForwardQueue {
         if (r.err instanceof Part10Error) {
           await this.toDeadLetter(r.id, null, `unreadable spool file: ${r.err.message}`, 0);
         } else {
-          this.log.error({ sopInstanceUid: r.id, err: errMessage(r.err) }, 'cannot open spool file; will retry');
+          this.log.error({ sopInstanceUid: r.id, err: errorMessage(r.err) }, 'cannot open spool file; will retry');
           const k = this.known.get(r.id);
           if (k) {
             k.state = 'delayed';
@@ -383,9 +384,9 @@ export class ForwardQueue {
     this.nextConnectAt = Math.max(this.nextConnectAt, Date.now() + delay);
     if (this.state !== 'down') {
       this.state = 'down';
-      this.logBacklog('destination down', { err: errMessage(err) });
+      this.logBacklog('destination down', { err: errorMessage(err) });
     } else {
-      this.log.debug({ err: errMessage(err), retryInMs: Math.round(delay) }, 'destination still down');
+      this.log.debug({ err: errorMessage(err), retryInMs: Math.round(delay) }, 'destination still down');
     }
   }
 
@@ -514,7 +515,7 @@ export class ForwardQueue {
             if (n % 2 === 0) {
               batch.shift();
               await this.releaseItem(item);
-              await this.imageFailed(item.id, item.sopInstanceUid, null, `association failed ${n} times while sending this image: ${errMessage(e)}`);
+              await this.imageFailed(item.id, item.sopInstanceUid, null, `association failed ${n} times while sending this image: ${errorMessage(e)}`);
             }
             await this.returnItems(batch);
             batch = [];
@@ -532,7 +533,7 @@ export class ForwardQueue {
                 else this.unclaim(item.id, false); // replaced meanwhile by a newer copy: send that too
               },
               (e: unknown) => {
-                this.log.error({ sopInstanceUid: item.sopInstanceUid, err: errMessage(e) }, 'cannot delete delivered spool file; it will be sent again');
+                this.log.error({ sopInstanceUid: item.sopInstanceUid, err: errorMessage(e) }, 'cannot delete delivered spool file; it will be sent again');
                 this.unclaim(item.id, false);
               },
             );
@@ -581,7 +582,7 @@ export class ForwardQueue {
     try {
       attempts = await this.spool.recordFailure(id, status, message);
     } catch (e) {
-      this.log.error({ sopInstanceUid, err: errMessage(e) }, 'cannot record failure');
+      this.log.error({ sopInstanceUid, err: errorMessage(e) }, 'cannot record failure');
       attempts = 1;
     }
     const fields = { sopInstanceUid, status: status === null ? null : statusHex(status), message, attempts, maxAttempts: this.maxAttempts };
@@ -605,7 +606,7 @@ export class ForwardQueue {
       this.interruptions.delete(id);
       this.log.error({ sopInstanceUid: id, status: status === null ? null : statusHex(status), message, attempts }, 'image moved to dead letters');
     } catch (e) {
-      this.log.error({ sopInstanceUid: id, err: errMessage(e) }, 'cannot move image to dead letters');
+      this.log.error({ sopInstanceUid: id, err: errorMessage(e) }, 'cannot move image to dead letters');
       this.known.delete(id);
     }
   }
@@ -633,6 +634,3 @@ function loadTls(t: NonNullable<DicomDestination['tls']>): TlsOptions {
   };
 }
 
-function errMessage(e: unknown): string {
-  return e instanceof Error ? e.message : String(e);
-}

@@ -11,6 +11,8 @@
 // same instance enqueued twice is one file (the later write replaces the earlier one).
 import { createHash } from 'node:crypto';
 import { TEMP_PREFIX, fsyncDirSync, writeFileAtomicSync } from './folder';
+import { hasLongLength } from '../dicom/vr';
+import { TS } from '../dicom/uids';
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import * as path from 'node:path';
@@ -101,7 +103,7 @@ export function parsePart10Meta(buf: Buffer, complete = true): Part10Meta {
     const vr = buf.toString('latin1', pos + 4, pos + 6);
     let len: number;
     let header: number;
-    if (['OB', 'OW', 'OF', 'SQ', 'UT', 'UN', 'UC', 'UR', 'OD', 'OL', 'OV'].includes(vr)) {
+    if (hasLongLength(vr)) {
       if (pos + 12 > buf.length) throw new Part10Error(complete ? 'file meta runs past the end of the file' : 'truncated file meta');
       len = buf.readUInt32LE(pos + 8);
       header = 12;
@@ -135,8 +137,6 @@ function trimUid(s: string): string {
   return s.replace(/[\0 ]+$/, '').trim();
 }
 
-const LONG_VRS = new Set(['OB', 'OW', 'OF', 'SQ', 'UT', 'UN', 'UC', 'UR', 'OD', 'OL', 'OV']);
-
 /**
  * SOPClassUID (0008,0016) and SOPInstanceUID (0008,0018) from the first bytes of a dataset in any transfer
  * syntax (deflated: inflated on the fly). The C-STORE command must carry these (a PACS checks them against the
@@ -144,15 +144,15 @@ const LONG_VRS = new Set(['OB', 'OW', 'OF', 'SQ', 'UT', 'UN', 'UC', 'UR', 'OD', 
  */
 export function datasetSopUids(head: Buffer, transferSyntaxUid: string): { sopClassUid?: string; sopInstanceUid?: string } {
   let buf = head;
-  if (transferSyntaxUid === '1.2.840.10008.1.2.1.99') {
+  if (transferSyntaxUid === TS.DeflatedExplicitLE) {
     try {
       buf = zlib.inflateRawSync(head, { finishFlush: zlib.constants.Z_SYNC_FLUSH });
     } catch {
       return {};
     }
   }
-  const implicit = transferSyntaxUid === '1.2.840.10008.1.2';
-  const be = transferSyntaxUid === '1.2.840.10008.1.2.2';
+  const implicit = transferSyntaxUid === TS.ImplicitLE;
+  const be = transferSyntaxUid === TS.ExplicitBE;
   const u16 = (o: number) => (be ? buf.readUInt16BE(o) : buf.readUInt16LE(o));
   const u32 = (o: number) => (be ? buf.readUInt32BE(o) : buf.readUInt32LE(o));
   const out: { sopClassUid?: string; sopInstanceUid?: string } = {};
@@ -168,7 +168,7 @@ export function datasetSopUids(head: Buffer, transferSyntaxUid: string): { sopCl
       header = 8;
     } else {
       const vr = buf.toString('latin1', pos + 4, pos + 6);
-      if (LONG_VRS.has(vr)) {
+      if (hasLongLength(vr)) {
         if (pos + 12 > buf.length) break;
         len = u32(pos + 8);
         header = 12;

@@ -4,7 +4,7 @@
 import { inflateRawSync } from 'zlib';
 import { DicomObject, DicomParseError, Element, Item, getString, makeElement } from './dataset';
 import { implicitVr } from './dictionary';
-import { isKnownVr, hasLongLength, slotHasLongLength, vrAtSlot, vrSlot } from './vr';
+import { isKnownVr, slotHasLongLength, vrAtSlot, vrSlot } from './vr';
 import { EXPLICIT_LE, IMPLICIT_LE, Syntax, TS, transferSyntaxInfo } from './uids';
 
 const ITEM = 0xfffee000;
@@ -215,9 +215,9 @@ export function readPart10(buf: Buffer): DicomObject {
   const metaReader = new Reader(buf, EXPLICIT_LE);
   let metaEnd = pos;
   while (metaEnd + 8 <= buf.length && buf.readUInt16LE(metaEnd) === 0x0002) {
-    const vr = buf.toString('latin1', metaEnd + 4, metaEnd + 6);
-    if (!isKnownVr(vr)) break; // implicit-VR meta is malformed; stop at the last good element
-    metaEnd = hasLongLength(vr) ? metaEnd + 12 + buf.readUInt32LE(metaEnd + 8) : metaEnd + 8 + buf.readUInt16LE(metaEnd + 6);
+    const slot = vrSlot(buf[metaEnd + 4], buf[metaEnd + 5]);
+    if (slot < 0) break; // implicit-VR meta is malformed; stop at the last good element
+    metaEnd = slotHasLongLength(slot) ? metaEnd + 12 + buf.readUInt32LE(metaEnd + 8) : metaEnd + 8 + buf.readUInt16LE(metaEnd + 6);
   }
   if (metaEnd > buf.length) throw new DicomParseError('file meta information runs past the end of the file', pos);
   const meta = metaReader.readElements(pos, metaEnd, false).elements;

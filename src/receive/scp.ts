@@ -25,6 +25,7 @@ import { encodeCommandPData, encodeCStoreRspCommand } from './dimse';
 import { PduFramer, PduFramingError } from './framer';
 import { chooseTransferSyntax, isAcceptedAbstractSyntax, VERIFICATION_SOP_CLASS } from './syntaxes';
 import type { RunningScp, ScpOptions, StoreRequest } from './types';
+import { errorMessage } from '../observe/errors';
 
 type Association = dimseAssociation.Association;
 type PresentationContext = dimseAssociation.PresentationContext;
@@ -232,7 +233,7 @@ class StorageScp extends Scp {
       const framer = new PduFramer(Math.max(conn.server.maxPdu, MAX_CONTROL_PDU));
       const onPdu = (pdu: Buffer): void => {
         internals.lastPduTime = conn.lastActivity;
-        processPdu(pdu).catch((err: unknown) => conn.server.log.warn({ associationId: conn.id, err: errMsg(err) }, 'PDU processing failed'));
+        processPdu(pdu).catch((err: unknown) => conn.server.log.warn({ associationId: conn.id, err: errorMessage(err) }, 'PDU processing failed'));
       };
       socket.on('data', (chunk: Buffer) => {
         conn.lastActivity = Date.now();
@@ -291,7 +292,7 @@ class StorageScp extends Scp {
     try {
       known = policy.isKnownCaller(conn.callingAe);
     } catch (err) {
-      conn.server.log.warn({ associationId: conn.id, err: errMsg(err) }, 'isKnownCaller threw; treating caller as unknown');
+      conn.server.log.warn({ associationId: conn.id, err: errorMessage(err) }, 'isKnownCaller threw; treating caller as unknown');
     }
     if (!known && !policy.allowUnknownCallers) {
       reject(RejectResult.Permanent, RejectSource.ServiceUser, RejectReason.CallingAeNotRecognized, 'calling AE not recognized');
@@ -424,7 +425,7 @@ class StorageScp extends Scp {
           callback(rsp);
         }
       } catch (err) {
-        server.log.warn({ associationId: conn.id, err: errMsg(err) }, 'could not send C-STORE-RSP');
+        server.log.warn({ associationId: conn.id, err: errorMessage(err) }, 'could not send C-STORE-RSP');
       }
     };
 
@@ -467,12 +468,12 @@ class StorageScp extends Scp {
         return STATUS_PROCESSING_FAILURE;
       },
       (err: unknown) => {
-        server.log.warn({ associationId: conn.id, err: errMsg(err) }, 'store handler failed');
+        server.log.warn({ associationId: conn.id, err: errorMessage(err) }, 'store handler failed');
         return STATUS_PROCESSING_FAILURE;
       },
     )
       .then((status) => answer(status, ds.pcId))
-      .catch((err: unknown) => server.log.error({ associationId: conn.id, err: errMsg(err) }, 'C-STORE answer failed'))
+      .catch((err: unknown) => server.log.error({ associationId: conn.id, err: errorMessage(err) }, 'C-STORE answer failed'))
       .finally(() => {
         conn.inFlight--;
         server.inFlight--;
@@ -481,10 +482,6 @@ class StorageScp extends Scp {
         server.onSettled.splice(0).forEach((f) => f());
       });
   }
-}
-
-function errMsg(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }
 
 function clampPdu(n: number | undefined): number {
@@ -517,7 +514,7 @@ export async function startStorageScp(opts: ScpOptions): Promise<RunningScp> {
     try {
       conn.scp = new StorageScp(conn);
     } catch (err) {
-      state.log.error({ err: errMsg(err) }, 'could not set up association');
+      state.log.error({ err: errorMessage(err) }, 'could not set up association');
       socket.destroy();
       return;
     }
