@@ -12,7 +12,7 @@ import { ForwardQueue, Spool } from '../deliver/forwarder';
 import { part10FromRawDataset } from '../dicom/write';
 import { IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME } from '../dicom/uids';
 import { statusHex } from '../deliver/spool';
-import { errorCode } from '../observe/errors';
+import { errorCode, errorMessage } from '../observe/errors';
 
 interface ForwardTarget { spool: Spool; queue: ForwardQueue }
 
@@ -62,10 +62,17 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     }
   }
 
-  /** Keeps the image as received, with the reason beside it. */
-  function keepOriginal(req: StoreRequest, stage: QuarantineReason['stage'], reason: string, study?: string): void {
-    const original = part10FromRawDataset(req.dataset, req.sopClassUid, req.sopInstanceUid, req.transferSyntaxUid);
-    quarantine.put(original, { stage, reason, source: `C-STORE from ${req.callingAeTitle} at ${req.peerAddress}`, study });
+  /** Keeps the image as received, with the reason beside it. A failure to do so is logged and
+   * returned: the caller decides what the sender is told. */
+  function keepOriginal(req: StoreRequest, stage: QuarantineReason['stage'], reason: string, study?: string): Error | undefined {
+    try {
+      const original = part10FromRawDataset(req.dataset, req.sopClassUid, req.sopInstanceUid, req.transferSyntaxUid);
+      quarantine.put(original, { stage, reason, source: `C-STORE from ${req.callingAeTitle} at ${req.peerAddress}`, study });
+      return undefined;
+    } catch (e) {
+      logger.error({ err: errorMessage(e) }, 'quarantine write failed');
+      return e as Error;
+    }
   }
 
   const onStore = async (req: StoreRequest): Promise<number> => {
@@ -75,23 +82,15 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     } catch (e) {
       const stage = e instanceof ImageRejected ? e.stage : 'deidentify';
       const status = e instanceof ImageRejected ? e.status : Status.ProcessingFailure;
-      const reason = (e as Error).message;
+      const reason = errorMessage(e);
       logger.warn({ callingAe: req.callingAeTitle, association: req.associationId, stage, reason, status: statusHex(status) }, 'image rejected and quarantined');
-      try {
-        keepOriginal(req, stage, reason);
-      } catch (qe) {
-        logger.error({ err: (qe as Error).message }, 'quarantine write failed');
-      }
+      keepOriginal(req, stage, reason);
       return status;
     }
     if (r.quarantine) {
       // Policy (unknownStudy: quarantine), not a failure: the image is safe, the sender is done.
-      try {
-        keepOriginal(req, 'identify', 'the study named by this image is not configured (unknownStudy: quarantine)', r.studyName);
-      } catch (e) {
-        logger.error({ err: (e as Error).message }, 'quarantine write failed');
-        return outOfResources(e) ? Status.OutOfResources : Status.ProcessingFailure;
-      }
+      const failed = keepOriginal(req, 'identify', 'the study named by this image is not configured (unknownStudy: quarantine)', r.studyName);
+      if (failed) return outOfResources(failed) ? Status.OutOfResources : Status.ProcessingFailure;
       logger.info({ callingAe: req.callingAeTitle, station: r.station }, 'image of an unconfigured study quarantined');
       return Status.Success;
     }
@@ -101,11 +100,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       const status = outOfResources(e) ? Status.OutOfResources : Status.ProcessingFailure;
       const reason = `delivery failed: ${errorCode(e)}`;
       logger.error({ callingAe: req.callingAeTitle, sopInstanceUid: r.uids?.sopInstanceUid, reason, status: statusHex(status) }, 'image not delivered');
-      try {
-        keepOriginal(req, 'deliver', reason, r.studyName);
-      } catch (qe) {
-        logger.error({ err: (qe as Error).message }, 'quarantine write failed');
-      }
+      keepOriginal(req, 'deliver', reason, r.studyName);
       return status;
     }
     logger.debug({ study: r.studyName, station: r.station, sopInstanceUid: r.uids?.sopInstanceUid, destinations: r.destinations }, 'image stored');
@@ -153,7 +148,7 @@ export async function runServe(c: RouterConfig, salt: string, logger: Logger): P
           resolve(0);
         },
         (e) => {
-          logger.error({ err: (e as Error).message }, 'error while stopping');
+          logger.error({ err: errorMessage(e) }, 'error while stopping');
           resolve(3);
         },
       );

@@ -251,9 +251,9 @@ export class Spool {
 
   /**
    * Store one Part-10 file. When the promise resolves the file is on stable storage (temp file written and
-   * fsynced, renamed into place, directory fsynced) and survives SIGKILL or power loss.
+   * fsynced, renamed into place, directory fsynced) and survives SIGKILL or power loss. Returns what a
+   * ForwardQueue needs to queue the item without rescanning the folder.
    */
-  /** Returns what a ForwardQueue needs to queue the item without rescanning the folder. */
   async enqueue(part10: Buffer | readonly Buffer[], info: SpoolItemInfo): Promise<SpoolEntry> {
     await this.init();
     // Chunks (as the de-identifier produces them) are written without joining them first: only
@@ -345,14 +345,14 @@ export class Spool {
       // One read normally covers the file meta and the start of the dataset (for its SOP UIDs).
       let want = Math.min(st.size, 32768);
       for (;;) {
-        const buf = Buffer.alloc(want);
+        const buf = Buffer.allocUnsafe(want); // only the bytesRead filled are looked at
         const { bytesRead } = await fh.read(buf, 0, want, 0);
         try {
           const meta = parsePart10Meta(buf.subarray(0, bytesRead), bytesRead >= st.size);
           let head = buf.subarray(meta.datasetOffset, bytesRead);
           if (head.length < 4096 && bytesRead < st.size) {
-            head = Buffer.alloc(Math.min(st.size - meta.datasetOffset, 65536));
-            await fh.read(head, 0, head.length, meta.datasetOffset);
+            const more = Buffer.allocUnsafe(Math.min(st.size - meta.datasetOffset, 65536));
+            head = more.subarray(0, (await fh.read(more, 0, more.length, meta.datasetOffset)).bytesRead);
           }
           const ds = datasetSopUids(head, meta.transferSyntaxUid);
           return {
