@@ -1,6 +1,6 @@
 // Compiles a study's configuration, on top of the PS3.15 Annex E Basic Profile and its options,
 // into a plan: per tag and per VR, the one operation the engine applies.
-import { createHash, createHmac } from 'crypto';
+import { createHmac } from 'crypto';
 import { LRUCache } from 'lru-cache';
 import { lookupTag } from '../dicom/dictionary';
 import type { ActionSpec, OffsetSpec, PrivateKeep, StudyConfig } from '../config/types';
@@ -193,9 +193,4 @@ function profileOp(code: string, vr: string | undefined, viaOption: ProfileOptio
     default:
       throw new Error(`unknown profile action code ${code}`);
   }
-}
-
-/** Short fingerprint of a plan's secret, to tell in logs which key was used without revealing it. */
-export function keyFingerprint(key: Buffer): string {
-  return createHash('sha256').update(key).digest('hex').slice(0, 8);
 }

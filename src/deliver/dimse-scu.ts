@@ -609,6 +609,3 @@ export class StoreAssociation {
     }
   }
 }
-
-/** Implicit VR little endian, always supported; exported for callers building contexts. */
-export const IMPLICIT_VR_LITTLE_ENDIAN = IMPLICIT_VR_LE;

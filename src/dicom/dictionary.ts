@@ -76,10 +76,6 @@ export function lookupTag(tag: number): DictEntry | undefined {
   return byTag.get(tag) ?? byTag.get(baseTag(tag));
 }
 
-export function lookupKeyword(keyword: string): DictEntry | undefined {
-  return byKeywordMap().get(keyword);
-}
-
 export function isPrivateTag(tag: number): boolean {
   return ((tag >>> 16) & 1) === 1;
 }
@@ -101,12 +97,6 @@ export function implicitVr(tag: number): string {
 export function formatTag(tag: number): string {
   const h = tag.toString(16).toUpperCase().padStart(8, '0');
   return `(${h.slice(0, 4)},${h.slice(4)})`;
-}
-
-/** Human name of a tag for messages: keyword when known, else (gggg,eeee). */
-export function describeTag(tag: number): string {
-  const e = byTag.get(tag);
-  return e ? `${e.keyword} ${formatTag(tag)}` : formatTag(tag);
 }
 
 /**

@@ -55,7 +55,3 @@ export const MAX_LENGTH: Readonly<Record<string, number>> = {
 export const BINARY_SIZE: Readonly<Record<string, number>> = {
   US: 2, SS: 2, UL: 4, SL: 4, FL: 4, FD: 8, AT: 4, UV: 8, SV: 8,
 };
-
-export function padByte(vr: string): number {
-  return vr === 'UI' || vr === 'OB' || vr === 'UN' ? 0x00 : 0x20;
-}
