@@ -8,7 +8,9 @@
 // writeFileAtomicSync (fdatasync + rename + dir fsync, as serve does) from this process, one at a time, with no network at all.
 //
 // Build: npm run build && npx tsc -p tsconfig.test.json
-// Usage: node .build-test/bench/scp-bench.js [--rounds 3] [--count 500] [--profile DIR] [--no-floor]
+// Usage: node .build-test/bench/scp-bench.js [--rounds 3] [--count 500] [--assoc 1] [--profile DIR] [--no-floor] [--cli PATH]
+//   --assoc N       N storescu associations in parallel (the images dealt round-robin), against storescp --fork
+//   --cli PATH      also time another build of ours (e.g. a copy of main's dist/ inside the repo) as (b')
 //   --profile DIR   start the router with `node --cpu-prof --cpu-prof-dir DIR` and print its top self-time
 //                   functions after each (b) run.
 // The last line is "RESULT scp ratio=X.XX" (target >= 0.5).
@@ -111,10 +113,43 @@ export function now(): number {
   return Number(process.hrtime.bigint()) / 1e9;
 }
 
+export interface StageTimings {
+  images: number;
+  perImageMs: { process: number; deliver: number };
+  perFileMs: { open: number; write: number; fdatasync: number; rename: number; dirSyncWait: number };
+  files: number;
+  dirSyncs: number;
+  eventLoopDelayMs: { p50: number; p99: number; max: number };
+}
+
+/** The router's 'stage timings' line (logged when it stops), if any. */
+export function stageTimings(stdout: string): StageTimings | undefined {
+  for (const line of stdout.split('\n').reverse()) {
+    if (!line.includes('"stage timings"')) continue;
+    try {
+      return JSON.parse(line) as StageTimings;
+    } catch {
+      return undefined;
+    }
+  }
+  return undefined;
+}
+
+export function formatStages(t: StageTimings | undefined): string {
+  if (!t) return '  (no stage timings logged)';
+  const f = t.perFileMs;
+  return (
+    `  router per image: parse+deidentify+encode ${t.perImageMs.process.toFixed(2)} ms, deliver ${t.perImageMs.deliver.toFixed(2)} ms ` +
+    `(open ${f.open.toFixed(2)}, write ${f.write.toFixed(2)}, fdatasync ${f.fdatasync.toFixed(2)}, rename ${f.rename.toFixed(2)}, ` +
+    `dir fsync wait ${f.dirSyncWait.toFixed(2)}; ${t.dirSyncs} dir fsyncs for ${t.files} files); ` +
+    `event-loop delay p50 ${t.eventLoopDelayMs.p50} ms p99 ${t.eventLoopDelayMs.p99} ms max ${t.eventLoopDelayMs.max} ms`
+  );
+}
+
 /** storescp (no --fork: one process) writing into dir; stopped by pid with stopProcess. */
-export async function startDcmtkStorescp(dir: string, aeTitle: string): Promise<{ proc: StartedProcess; port: number }> {
+export async function startDcmtkStorescp(dir: string, aeTitle: string, fork = false): Promise<{ proc: StartedProcess; port: number }> {
   const port = await freePort();
-  const proc = startProcess('storescp', ['-aet', aeTitle, '-od', dir, String(port)]);
+  const proc = startProcess('storescp', [...(fork ? ['--fork'] : []), '-aet', aeTitle, '-od', dir, String(port)]);
   try {
     await Promise.race([
       waitForPort(port),
@@ -146,6 +181,8 @@ export async function startRouter(opts: {
   pacsAeTitle?: string;
   maxAssociations?: number;
   profileDir?: string;
+  /** Another build's cli.js (e.g. a copy of main's dist/ inside the repo), to compare builds in one run. */
+  cli?: string;
 }): Promise<RouterProcess> {
   const dir = await tmp('bench-router-');
   const port = await freePort();
@@ -164,7 +201,7 @@ export async function startRouter(opts: {
     `stations: { default: { TagForStudy: ProtocolName, AETitles: [STORESCU] } }\n`;
   await fsp.writeFile(path.join(dir, 'router.yaml'), yaml);
   const nodeArgs = opts.profileDir ? ['--cpu-prof', '--cpu-prof-dir', opts.profileDir] : [];
-  const proc = startProcess(process.execPath, [...nodeArgs, CLI, 'serve', '--config', path.join(dir, 'router.yaml')], {
+  const proc = startProcess(process.execPath, [...nodeArgs, opts.cli ?? CLI, 'serve', '--config', path.join(dir, 'router.yaml')], {
     env: { DEID_SALT: randomBytes(16).toString('hex') },
     cwd: dir,
   });
@@ -198,7 +235,13 @@ export async function startRouter(opts: {
   return { proc, port, dir, outgoing, stateDir, problems };
 }
 
-export async function storescu(aec: string, port: number, files: string[]): Promise<void> {
+export async function storescu(aec: string, port: number, files: string[], associations = 1): Promise<void> {
+  if (associations > 1) {
+    const parts: string[][] = Array.from({ length: associations }, () => []);
+    files.forEach((f, i) => parts[i % associations].push(f));
+    await Promise.all(parts.map((p) => storescu(aec, port, p)));
+    return;
+  }
   const r = await run('storescu', ['-aet', 'STORESCU', '-aec', aec, '127.0.0.1', String(port), ...files], { timeoutMs: 30 * 60_000 });
   if (r.code !== 0) throw new Error(`storescu exit ${r.code ?? r.signal}: ${(r.stderr + r.stdout).slice(-2000)}`);
 }
@@ -285,16 +328,19 @@ export function summariseProfile(dir: string, top = 20): string {
 interface Figures {
   secs: number;
   rss: number;
+  stages?: StageTimings;
 }
 
-async function runStorescp(files: string[]): Promise<Figures> {
+async function runStorescp(files: string[], assoc: number): Promise<Figures> {
   const out = await tmp('bench-storescp-');
-  const { proc, port } = await startDcmtkStorescp(out, 'STORESCP');
+  const { proc, port } = await startDcmtkStorescp(out, 'STORESCP', assoc > 1);
   try {
     const t0 = now();
-    await storescu('STORESCP', port, files);
+    await storescu('STORESCP', port, files, assoc);
     const secs = now() - t0;
     const rss = peakRss(proc.pid);
+    // storescp --fork: a child may still be finishing its last file after its storescu exited.
+    for (let i = 0; i < 50 && countFilesFlat(out) < files.length; i++) await sleep(20);
     const got = countFilesFlat(out);
     if (got !== files.length) throw new Error(`storescp: ${got}/${files.length} files written`);
     return { secs, rss };
@@ -304,12 +350,12 @@ async function runStorescp(files: string[]): Promise<Figures> {
   }
 }
 
-async function runRouter(files: string[], profileDir?: string): Promise<Figures> {
-  const r = await startRouter({ defaultDestination: 'outgoing', profileDir });
+async function runRouter(files: string[], assoc: number, profileDir?: string, cli?: string): Promise<Figures> {
+  const r = await startRouter({ defaultDestination: 'outgoing', profileDir, cli });
   let stopped = false;
   try {
     const t0 = now();
-    await storescu('DEID_ROUTER', r.port, files);
+    await storescu('DEID_ROUTER', r.port, files, assoc);
     const secs = now() - t0;
     const rss = peakRss(r.proc.pid);
     await stopProcess(r.proc, 10_000);
@@ -321,7 +367,7 @@ async function runRouter(files: string[], profileDir?: string): Promise<Figures>
     if (got !== files.length) throw new Error(`router: ${got}/${files.length} files under outgoing (quarantine: ${quarantined} files)`);
     if (quarantined) console.log(`  note: ${quarantined} files in quarantine`);
     if (profileDir) console.log(summariseProfile(profileDir));
-    return { secs, rss };
+    return { secs, rss, stages: stageTimings(r.proc.output().stdout) };
   } finally {
     if (!stopped) await stopProcess(r.proc, 10_000);
     await fsp.rm(r.dir, { recursive: true, force: true });
@@ -349,6 +395,8 @@ async function main(): Promise<void> {
   const count = Number(argValue('--count', '500'));
   const profileDir = argValue('--profile', undefined);
   const floor = !argFlag('--no-floor');
+  const assoc = Number(argValue('--assoc', '1'));
+  const otherCli = argValue('--cli', undefined);
   if (!fs.existsSync(CLI)) throw new Error(`${CLI} missing: run npm run build`);
   if (profileDir) await fsp.mkdir(profileDir, { recursive: true });
 
@@ -356,7 +404,7 @@ async function main(): Promise<void> {
   const totalMB = src.bytes / MB;
   console.log(
     `scp bench: ${count} distinct × ${(src.sourceBytes / 1024).toFixed(0)} KB (${SOURCE_NAME}) = ${totalMB.toFixed(0)} MB, ` +
-      `one storescu association, TCP_NODELAY=1, ${rounds} rounds, ${os.cpus().length} cores, load ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`,
+      `${assoc} storescu association(s) in parallel${assoc > 1 ? ' (storescp --fork)' : ''}, TCP_NODELAY=1, ${rounds} rounds, ${os.cpus().length} cores, load ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`,
   );
   console.log('  (a) storescp -od DIR          : receive + write (no fsync)');
   console.log('  (b) dist/cli.js serve (folder) : receive + de-identify + durable write (fsync file + dir)');
@@ -373,10 +421,16 @@ async function main(): Promise<void> {
   try {
     for (let r = 0; r < rounds; r++) {
       console.log(`round ${r + 1} (load ${os.loadavg()[0].toFixed(1)})`);
-      const a = await runStorescp(src.files);
+      const a = await runStorescp(src.files, assoc);
       console.log(fmt('(a) storescp', a));
-      const b = await runRouter(src.files, profileDir);
-      console.log(fmt('(b) router  ', b, `  ratio b/a ${(a.secs / b.secs).toFixed(2)}`));
+      if (otherCli) {
+        const o = await runRouter(src.files, assoc, undefined, path.resolve(otherCli));
+        console.log(fmt(`(b') ${path.basename(path.dirname(path.resolve(otherCli)))}`.padEnd(12), o, `  event-loop delay p99 ${o.stages?.eventLoopDelayMs.p99 ?? '?'} ms  ratio b'/a ${(a.secs / o.secs).toFixed(2)}`));
+        if (o.stages) console.log(formatStages(o.stages));
+      }
+      const b = await runRouter(src.files, assoc, profileDir);
+      console.log(fmt('(b) router  ', b, `  event-loop delay p99 ${b.stages?.eventLoopDelayMs.p99 ?? '?'} ms  ratio b/a ${(a.secs / b.secs).toFixed(2)}`));
+      console.log(formatStages(b.stages));
       if (floor) {
         const s = await runFloor(count, src.sourceBytes);
         console.log(`  (c) floor     ${(count / s).toFixed(1).padStart(7)} images/s ${(totalMB / s).toFixed(1).padStart(7)} MB/s ${s.toFixed(2).padStart(7)} s`);

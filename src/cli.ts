@@ -10,6 +10,10 @@ import { ConfigError, RouterConfig } from './config/types';
 import { createLogger, lazyLogger } from './observe/logger';
 import { formatTag, lookupTag } from './dicom/dictionary';
 
+// serve runs its fdatasyncs, renames and folder fsyncs in libuv's thread pool: four threads (the
+// default) are too few for several associations plus spool reads. Read once, at the pool's first use.
+if (!process.env.UV_THREADPOOL_SIZE) process.env.UV_THREADPOOL_SIZE = '16';
+
 const HELP = `dicom-deid-router: de-identifies DICOM images per research study and routes them
 
 Usage:

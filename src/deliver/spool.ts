@@ -11,6 +11,7 @@
 // same instance enqueued twice is one file (the later write replaces the earlier one).
 import { createHash } from 'node:crypto';
 import { TEMP_PREFIX, fsyncDirSync, writeFileAtomicSync } from './folder';
+import type { DurableWriter } from './durable-writer';
 import { hasLongLength } from '../dicom/vr';
 import { TS } from '../dicom/uids';
 import { promises as fsp } from 'node:fs';
@@ -215,6 +216,8 @@ export class Spool {
   private ready: Promise<void> | undefined;
   /** Ids known to have an attempts file (so ack() need not try to delete one for every image). */
   private withAttempts = new Set<string>();
+  /** When set, enqueue() writes through it (off the event loop) instead of blocking calls. */
+  writer: DurableWriter | undefined;
 
   constructor(stateDir: string, destination: string) {
     if (!/^[A-Za-z0-9._-]+$/.test(destination) || destination.startsWith('.')) {
@@ -277,7 +280,8 @@ export class Spool {
       throw new Part10Error('file meta MediaStorageSOPInstanceUID differs from the SOP instance UID given');
     }
     const id = spoolId(info.sopInstanceUid);
-    writeFileAtomicSync(this.pathOf(id), chunks);
+    if (this.writer) await this.writer.writeFile(this.pathOf(id), chunks);
+    else writeFileAtomicSync(this.pathOf(id), chunks);
     // A fresh copy starts with a clean failure count.
     if (this.withAttempts.delete(id)) await unlinkIfExists(path.join(this.dir, id + ATTEMPTS));
     return { id, path: this.pathOf(id), size, mtimeMs: Date.now() };
