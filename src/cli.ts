@@ -20,6 +20,9 @@ Usage:
   dicom-deid-router serve --config PATH
       Run the storage SCP (C-ECHO, C-STORE) on the configured listen address; every image is
       de-identified in memory and delivered to its study's destinations before "Success".
+      SIGHUP re-reads stations, studies and destinations (a configuration with errors is refused
+      and the running one kept); SIGTERM/SIGINT finish the images in flight and exit.
+      With 'http:' configured: /metrics, /healthz, /readyz and a status page on /.
   dicom-deid-router anonymize --config PATH [--move] [--fsync] [--quarantine DIR] INCOMING OUTGOING
       De-identify every DICOM file below INCOMING into
       OUTGOING/<study>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm.
@@ -53,6 +56,7 @@ function describeConfig(c: RouterConfig): string {
   lines.push(`configuration: ${c.sources.join(', ')}`);
   lines.push(`salt: ${c.salt ? `from ${c.salt.from}` : existsSync(saltPath(c)) ? `file ${saltPath(c)}` : `generated on first run into ${saltPath(c)}`}`);
   lines.push(`listen: ${c.listen.aeTitle} on ${c.listen.host}:${c.listen.port}${c.listen.allowUnknownCallers ? ' (unknown callers allowed)' : ''}`);
+  lines.push(`http: ${c.http ? `${c.http.host}:${c.http.port} (/metrics, /healthz, /readyz, status page)${c.http.token ? ', Bearer token required' : ''}` : 'off'}`);
   lines.push(`state directory: ${c.stateDir}; unknown studies: ${c.unknownStudy === 'quarantine' ? 'quarantined' : 'Supplement142'}`);
   lines.push('destinations:');
   for (const d of c.destinations.values()) {
@@ -139,7 +143,7 @@ async function main(argv: string[]): Promise<number> {
       const c = load(values.config);
       const logger = createLogger(logOpts);
       const salt = resolveSalt(c, logger);
-      return runServe(c, salt, logger);
+      return runServe(c, salt, logger, () => loadConfig(values.config as string));
     }
     case 'spool': {
       const { runSpool } = await import('./commands/spool');

@@ -1,9 +1,10 @@
 // `serve`: the storage SCP wired to the pipeline and the destinations. The network layer hands us
 // raw dataset bytes; we answer each C-STORE only once its de-identified result is durably stored
 // (folder written + fsynced + renamed, or spooled + fsynced for forwarding).
-import { join } from 'path';
+import { accessSync, constants as fsConstants, mkdirSync, statSync } from 'fs';
+import { dirname, join } from 'path';
 import type { Logger } from 'pino';
-import type { RouterConfig } from '../config/types';
+import { ConfigError, type DicomDestinationConfig, type RouterConfig } from '../config/types';
 import { DeidPipeline, ImageRejected, RoutedImage, Status } from '../pipeline';
 import { startStorageScp, silenceDimseLibraries, StoreRequest, RunningScp } from '../receive';
 import { DurableWriter } from '../deliver/durable-writer';
@@ -14,18 +15,39 @@ import { part10FromRawDataset } from '../dicom/write';
 import { IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME } from '../dicom/uids';
 import { statusHex } from '../deliver/spool';
 import { errorCode, errorMessage } from '../observe/errors';
+import { fanOut, type DestinationView, type ReloadEvent } from '../observe/events';
+import { RouterMetrics } from '../observe/metrics';
+import { RecentActivity, renderStatusPage, type StatusView } from '../observe/status-page';
+import { startHttpFace, type Readiness, type RunningHttpFace } from '../observe/http';
+import { buildInfo } from '../observe/build-info';
 
-interface ForwardTarget { spool: Spool; queue: ForwardQueue }
+interface ForwardTarget { dest: DicomDestinationConfig; spool: Spool; queue: ForwardQueue }
+
+/** What the images are routed by; replaced whole by a reload, while each image keeps the one it
+ * started with. */
+interface Routing {
+  config: RouterConfig;
+  pipeline: DeidPipeline;
+  knownCallers: Set<string>;
+  forwards: Map<string, ForwardTarget>;
+}
 
 /** Everything a running node holds; `stop` drains it. */
 export interface RunningNode {
   scp: RunningScp;
+  /** The HTTP face, when `http:` is configured. */
+  http?: RunningHttpFace;
+  metrics: RouterMetrics;
+  /** Re-reads stations, studies and destinations (SIGHUP). A configuration that does not load is
+   * refused and the running one kept; associations are never dropped. */
+  reload(load: () => RouterConfig): Promise<ReloadEvent>;
   stop(): Promise<void>;
 }
 
+const sameDicom = (a: DicomDestinationConfig, b: DicomDestinationConfig): boolean => JSON.stringify(a) === JSON.stringify(b);
+
 export async function startNode(c: RouterConfig, salt: string, logger: Logger): Promise<RunningNode> {
   silenceDimseLibraries(logger);
-  const pipeline = new DeidPipeline(c, salt);
   // Every durable write of the C-STORE path goes through one writer: off the event loop, folder
   // fsyncs shared between images that finish together.
   const writer = new DurableWriter();
@@ -33,9 +55,15 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
   loopDelay.enable();
   const stage = { images: 0, processMs: 0, deliverMs: 0 };
   const quarantine = new Quarantine(join(c.stateDir, 'quarantine'));
-  const forwards = new Map<string, ForwardTarget>();
-  for (const d of c.destinations.values()) {
-    if (d.type !== 'dicom') continue;
+  mkdirSync(c.stateDir, { recursive: true });
+  let listening = false;
+  let routing: Routing;
+  const destinationViews = (): DestinationView[] => viewDestinations(routing);
+  const metrics = new RouterMetrics(destinationViews);
+  const activity = new RecentActivity();
+  const observe = fanOut(metrics, activity);
+
+  async function openForward(d: DicomDestinationConfig): Promise<ForwardTarget> {
     const spool = new Spool(c.stateDir, d.name);
     await spool.init();
     spool.writer = writer;
@@ -46,23 +74,41 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
         tls: d.tls ? { caFile: d.tls.ca, certFile: d.tls.cert, keyFile: d.tls.key, rejectUnauthorized: d.tls.rejectUnauthorized } : undefined,
       },
       spool, logger,
+      onOutcome: (e) => observe.forwarded({ ...e, destination: d.name }),
     });
-    queue.start(); // resumes whatever an earlier run left in the spool
-    forwards.set(d.name, { spool, queue });
+    return { dest: d, spool, queue };
   }
 
-  const knownCallers = new Set<string>();
-  for (const s of c.stations.values()) for (const ae of s.aeTitles) knownCallers.add(ae.trim().toUpperCase());
+  /** The routing of a configuration, reusing the forwarders of unchanged destinations. */
+  async function makeRouting(next: RouterConfig, previous?: Routing): Promise<Routing> {
+    const forwards = new Map<string, ForwardTarget>();
+    try {
+      for (const d of next.destinations.values()) {
+        if (d.type === 'folder') continue; // made by its first write; a broken one fails per image
+        const old = previous?.forwards.get(d.name);
+        forwards.set(d.name, old && sameDicom(old.dest, d) ? old : await openForward(d));
+      }
+    } catch (e) {
+      // Nothing was started yet: refusing leaves the running configuration untouched.
+      throw new Error(`destinations: ${errorMessage(e)}`);
+    }
+    const knownCallers = new Set<string>();
+    for (const s of next.stations.values()) for (const ae of s.aeTitles) knownCallers.add(ae.trim().toUpperCase());
+    return { config: next, pipeline: new DeidPipeline(next, salt), knownCallers, forwards };
+  }
 
-  async function deliver(r: RoutedImage): Promise<void> {
+  routing = await makeRouting(c);
+  for (const f of routing.forwards.values()) f.queue.start(); // resumes whatever an earlier run left in the spool
+
+  async function deliver(rt: Routing, r: RoutedImage): Promise<void> {
     const chunks = r.chunks as Buffer[];
     await Promise.all(r.destinations.map(async (name) => {
-      const d = c.destinations.get(name);
+      const d = rt.config.destinations.get(name);
       if (!d) throw new Error(`destination ${name} is not configured`);
       if (d.type === 'folder') {
         await writer.writeFile(join(d.path, r.relativePath as string), chunks);
       } else {
-        const f = forwards.get(name) as ForwardTarget;
+        const f = rt.forwards.get(name) as ForwardTarget;
         const u = r.uids!;
         const entry = await f.spool.enqueue(chunks, { sopInstanceUid: u.sopInstanceUid, sopClassUid: u.sopClassUid, transferSyntaxUid: u.transferSyntaxUid, studyInstanceUid: u.studyInstanceUid });
         f.queue.notify(entry);
@@ -97,63 +143,181 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     }
   }
 
+  const seconds = (t0: number): number => (performance.now() - t0) / 1000;
+
   const onStore = async (req: StoreRequest): Promise<number> => {
-    let r: RoutedImage;
+    const rt = routing;
+    const seen = { callingAe: req.callingAeTitle, bytes: req.dataset.length };
     const t0 = performance.now();
+    let r: RoutedImage;
     try {
-      r = pipeline.process({ kind: 'dataset', bytes: req.dataset, transferSyntaxUid: req.transferSyntaxUid }, req.callingAeTitle);
+      r = rt.pipeline.process({ kind: 'dataset', bytes: req.dataset, transferSyntaxUid: req.transferSyntaxUid }, req.callingAeTitle);
     } catch (e) {
       const stage = e instanceof ImageRejected ? e.stage : 'deidentify';
       const status = e instanceof ImageRejected ? e.status : Status.ProcessingFailure;
       const reason = errorMessage(e);
       logger.warn({ callingAe: req.callingAeTitle, association: req.associationId, stage, reason, status: statusHex(status) }, 'image rejected and quarantined');
-      keepOriginal(req, stage, reason);
+      const kept = !keepOriginal(req, stage, reason);
+      observe.image({ ...seen, station: 'unknown', study: 'unknown', outcome: kept ? 'quarantined' : 'failed', status, stage, reason });
       return status;
     }
+    const where = { ...seen, station: r.station, study: r.studyName, deidentifySeconds: seconds(t0) };
     if (r.quarantine) {
       // Policy (unknownStudy: quarantine), not a failure: the image is safe, the sender is done.
-      const failed = keepOriginal(req, 'identify', 'the study named by this image is not configured (unknownStudy: quarantine)', r.studyName);
-      if (failed) return outOfResources(failed) ? Status.OutOfResources : Status.ProcessingFailure;
-      logger.info({ callingAe: req.callingAeTitle, station: r.station }, 'image of an unconfigured study quarantined');
-      return Status.Success;
+      const reason = 'the study named by this image is not configured (unknownStudy: quarantine)';
+      const failed = keepOriginal(req, 'identify', reason, r.studyName);
+      const status = !failed ? Status.Success : outOfResources(failed) ? Status.OutOfResources : Status.ProcessingFailure;
+      observe.image({ ...where, outcome: failed ? 'failed' : 'quarantined', status, stage: 'identify', reason });
+      if (!failed) logger.info({ callingAe: req.callingAeTitle, station: r.station }, 'image of an unconfigured study quarantined');
+      return status;
     }
     const t1 = performance.now();
     stage.processMs += t1 - t0;
     try {
-      await deliver(r);
+      await deliver(rt, r);
       stage.images++;
       stage.deliverMs += performance.now() - t1;
     } catch (e) {
       const status = outOfResources(e) ? Status.OutOfResources : Status.ProcessingFailure;
       const reason = `delivery failed: ${errorCode(e)}`;
       logger.error({ callingAe: req.callingAeTitle, sopInstanceUid: r.uids?.sopInstanceUid, reason, status: statusHex(status) }, 'image not delivered');
-      keepOriginal(req, 'deliver', reason, r.studyName);
+      const kept = !keepOriginal(req, 'deliver', reason, r.studyName);
+      observe.image({ ...where, outcome: kept ? 'quarantined' : 'failed', status, stage: 'deliver', reason });
       return status;
     }
+    observe.image({ ...where, outcome: 'stored', status: Status.Success, storeSeconds: seconds(t1) });
     logger.debug({ study: r.studyName, station: r.station, sopInstanceUid: r.uids?.sopInstanceUid, destinations: r.destinations }, 'image stored');
     return Status.Success;
   };
 
-  const scp = await startStorageScp({
+  const readiness = (): Readiness => {
+    let writable = true;
+    try {
+      accessSync(c.stateDir, fsConstants.W_OK);
+    } catch {
+      writable = false;
+    }
+    const checks = { listening, stateDirWritable: writable, configLoaded: routing !== undefined };
+    return { ok: Object.values(checks).every(Boolean), checks };
+  };
+
+  let scp: RunningScp | undefined;
+  const statusView = async (): Promise<StatusView> => ({
+    aeTitle: c.listen.aeTitle, listen: `${c.listen.host}:${scp?.port ?? c.listen.port}`, version: buildInfo().version, now: Date.now(),
+    ready: readiness(), totals: await metrics.totals(), destinations: destinationViews(), activity,
+  });
+  const http = c.http
+    ? await startHttpFace(c.http, {
+        metrics: async () => ({ contentType: metrics.contentType, body: await metrics.scrape() }),
+        readiness,
+        statusPage: async () => renderStatusPage(await statusView()),
+        statusJson: async () => {
+          const v = await statusView();
+          return { ...v, activity: { startedAt: activity.startedAt, associations: activity.associations, problems: activity.problems, reloads: activity.reloads } };
+        },
+      }, logger)
+    : undefined;
+
+  scp = await startStorageScp({
     host: c.listen.host,
     port: c.listen.port,
-    policy: { aeTitle: c.listen.aeTitle, allowUnknownCallers: c.listen.allowUnknownCallers, isKnownCaller: (ae) => knownCallers.has(ae.trim().toUpperCase()) },
+    policy: { aeTitle: c.listen.aeTitle, allowUnknownCallers: c.listen.allowUnknownCallers, isKnownCaller: (ae) => routing.knownCallers.has(ae.trim().toUpperCase()) },
     onStore,
     logger,
     implementationClassUid: IMPLEMENTATION_CLASS_UID,
     implementationVersionName: IMPLEMENTATION_VERSION_NAME,
+    onAssociationEnded: observe.associationEnded,
   });
+  listening = true;
   logger.info({ aeTitle: c.listen.aeTitle, host: c.listen.host, port: scp.port, destinations: [...c.destinations.keys()], stations: c.stations.size, studies: c.studies.size }, 'listening');
+
+  let reloading: Promise<unknown> = Promise.resolve();
+  async function reloadOnce(load: () => RouterConfig): Promise<ReloadEvent> {
+    let next: RouterConfig;
+    let candidate: Routing;
+    try {
+      next = load();
+      candidate = await makeRouting(next, routing);
+    } catch (e) {
+      const messages = e instanceof ConfigError ? e.problems : [errorMessage(e)];
+      logger.error({ problems: messages }, 'configuration reload refused; the running configuration is kept');
+      const ev = { ok: false, messages };
+      observe.reloaded(ev);
+      return ev;
+    }
+    const notes: string[] = [];
+    const restartOnly: Array<[string, unknown, unknown]> = [
+      ['listen', c.listen, next.listen], ['http', c.http, next.http], ['stateDir', c.stateDir, next.stateDir],
+      ['salt', c.salt?.value ?? c.saltFile, next.salt?.value ?? next.saltFile],
+    ];
+    for (const [key, was, now] of restartOnly) if (JSON.stringify(was) !== JSON.stringify(now)) notes.push(`${key}: changed; takes effect at the next start`);
+    const previous = routing;
+    routing = candidate;
+    // Forwarders of removed or changed destinations stop (their spool stays on disk); one spool is
+    // never drained by two queues at once, so a changed destination's new queue starts after.
+    for (const [name, f] of previous.forwards) {
+      if (candidate.forwards.get(name) === f) continue;
+      await f.queue.stop();
+      const backlog = f.queue.stats().backlog;
+      if (!candidate.forwards.has(name) && backlog) notes.push(`destination ${name} removed with ${backlog} images in its spool (kept in ${f.spool.dir})`);
+    }
+    for (const f of candidate.forwards.values()) f.queue.start();
+    logger.info({ stations: next.stations.size, studies: next.studies.size, destinations: [...next.destinations.keys()], notes }, 'configuration reloaded');
+    const ev = { ok: true, messages: notes };
+    observe.reloaded(ev);
+    return ev;
+  }
 
   return {
     scp,
+    http,
+    metrics,
+    reload(load) {
+      const p = reloading.then(() => reloadOnce(load));
+      reloading = p.catch(() => undefined);
+      return p;
+    },
     async stop() {
-      await scp.close();
-      await Promise.all([...forwards.values()].map((f) => f.queue.stop()));
+      listening = false;
+      await reloading;
+      await scp!.close();
+      await Promise.all([...routing.forwards.values()].map((f) => f.queue.stop()));
+      await http?.close();
       logStageTimings();
       loopDelay.disable();
     },
   };
+}
+
+/** Whether a folder, or the nearest existing folder it would be made in, can be written. */
+function folderWritable(path: string): boolean {
+  for (let p = path; ; p = dirname(p)) {
+    try {
+      if (!statSync(p).isDirectory()) return false;
+      accessSync(p, fsConstants.W_OK);
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || dirname(p) === p) return false;
+    }
+  }
+}
+
+/** Destinations as the metrics and the status page show them. */
+function viewDestinations(rt: Routing): DestinationView[] {
+  const out: DestinationView[] = [];
+  for (const d of rt.config.destinations.values()) {
+    if (d.type === 'folder') {
+      out.push({ name: d.name, type: 'folder', target: d.path, state: folderWritable(d.path) ? 'up' : 'down', backlog: 0, oldestAgeSeconds: 0, inFlight: 0, deadLetters: 0 });
+    } else {
+      const f = rt.forwards.get(d.name);
+      const s = f?.queue.stats();
+      out.push({
+        name: d.name, type: 'dicom', target: `${d.aeTitle}@${d.host}:${d.port}`, state: f?.queue.destinationState ?? 'unknown',
+        backlog: s?.backlog ?? 0, oldestAgeSeconds: (s?.oldestAgeMs ?? 0) / 1000, inFlight: s?.inFlight ?? 0, deadLetters: s?.deadLetters ?? 0,
+      });
+    }
+  }
+  return out;
 }
 
 function outOfResources(e: unknown): boolean {
@@ -162,15 +326,31 @@ function outOfResources(e: unknown): boolean {
 }
 
 
-export async function runServe(c: RouterConfig, salt: string, logger: Logger): Promise<number> {
-  const node = await startNode(c, salt, logger);
+export async function runServe(c: RouterConfig, salt: string, logger: Logger, reload?: () => RouterConfig): Promise<number> {
+  // Handled from the start: SIGHUP's default action would end the process.
+  let node: RunningNode | undefined;
+  let hangupWhileStarting = false;
+  const onHangup = () => {
+    if (!reload) return;
+    if (!node) {
+      hangupWhileStarting = true;
+      return;
+    }
+    logger.info({ signal: 'SIGHUP' }, 'reloading stations, studies and destinations');
+    void node.reload(reload);
+  };
+  process.on('SIGHUP', onHangup);
+  node = await startNode(c, salt, logger);
+  if (hangupWhileStarting) onHangup();
+  const running = node;
   return new Promise<number>((resolve) => {
     let stopping = false;
     const stop = (signal: string) => {
       if (stopping) return;
       stopping = true;
+      process.off('SIGHUP', onHangup);
       logger.info({ signal }, 'stopping: no new associations, finishing images in flight');
-      node.stop().then(
+      running.stop().then(
         () => {
           logger.info('stopped');
           logger.flush?.();

@@ -9,7 +9,7 @@ import { KNOWN_VRS, isKnownVr } from '../dicom/vr';
 import { PROFILE_OPTION_NAMES } from '../deid/options';
 import {
   ACTION_NAMES, ActionName, ActionSpec, ConfigError, DEFAULT_STUDY, DestinationConfig, OffsetSpec,
-  PrivateKeep, RouterConfig, StationConfig, StudyConfig,
+  PrivateKeep, RouterConfig, StationConfig, StudyConfig, HttpConfig,
 } from './types';
 import type { ProfileOptionName } from '../deid/profile.generated';
 
@@ -62,7 +62,7 @@ function readStructured(file: string, p: Problems): Raw | undefined {
   }
 }
 
-const ROUTER_KEYS = new Set(['salt', 'saltFile', 'listen', 'destinations', 'defaultDestination', 'stateDir', 'unknownStudy', 'stations', 'studies', 'logLevel']);
+const ROUTER_KEYS = new Set(['salt', 'saltFile', 'listen', 'destinations', 'defaultDestination', 'stateDir', 'unknownStudy', 'stations', 'studies', 'logLevel', 'http']);
 
 export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): RouterConfig {
   const p = new Problems();
@@ -132,6 +132,7 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
     p.add(`${routerName}: unknownStudy`, `"${unknownStudy}" is not one of default, quarantine`);
   }
   const listen = parseListen(router.listen, `${routerName}: listen`, p);
+  const http = parseHttp(router.http, `${routerName}: http`, env, p);
   const destinations = parseDestinations(router.destinations, `${routerName}: destinations`, p);
   let defaultDestination = optString(router, 'defaultDestination', routerName, p);
   if (!defaultDestination) {
@@ -151,7 +152,7 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
   }
   if (p.list.length) throw new ConfigError(p.list);
   return {
-    sources, salt, saltFile: saltFile ? resolve(saltFile) : undefined, listen, destinations,
+    sources, salt, saltFile: saltFile ? resolve(saltFile) : undefined, listen, http, destinations,
     defaultDestination, stateDir, unknownStudy: unknownStudy as 'default' | 'quarantine', stations, studies,
   };
 }
@@ -439,6 +440,25 @@ function parseListen(v: unknown, where: string, p: Problems): RouterConfig['list
   const allow = v.allowUnknownCallers ?? false;
   if (typeof allow !== 'boolean') p.add(`${where}.allowUnknownCallers`, 'must be true or false');
   return { aeTitle: String(ae).trim(), host: String(host), port: Number(port), allowUnknownCallers: allow === true };
+}
+
+/** `http: { host, port, token }`; DEID_HTTP_TOKEN beats the file's token (a secret kept out of it). */
+function parseHttp(v: unknown, where: string, env: NodeJS.ProcessEnv, p: Problems): HttpConfig | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (!isObj(v)) {
+    p.add(where, 'must be a mapping { host, port, token }');
+    return undefined;
+  }
+  checkKeys(v, ['host', 'port', 'token'], where, p);
+  const host = v.host ?? '127.0.0.1';
+  if (typeof host !== 'string' || !host) p.add(`${where}.host`, 'must be an address such as 127.0.0.1 or 0.0.0.0');
+  const port = v.port ?? 8080;
+  if (typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535) p.add(`${where}.port`, 'must be a port number');
+  let token = typeof env.DEID_HTTP_TOKEN === 'string' && env.DEID_HTTP_TOKEN !== '' ? env.DEID_HTTP_TOKEN : v.token;
+  if (token !== undefined && token !== null) {
+    if (typeof token !== 'string' || token.trim().length < 16) p.add(env.DEID_HTTP_TOKEN ? 'DEID_HTTP_TOKEN' : `${where}.token`, 'must be a secret of at least 16 characters (e.g. `openssl rand -hex 32`)');
+  } else token = undefined;
+  return { host: String(host), port: Number(port), token: typeof token === 'string' ? token.trim() : undefined };
 }
 
 function parseDestinations(v: unknown, where: string, p: Problems): Map<string, DestinationConfig> {

@@ -65,12 +65,16 @@ export type DestinationConfig = FolderDestinationConfig | DicomDestinationConfig
 
 export interface ListenConfig { aeTitle: string; host: string; port: number; allowUnknownCallers: boolean }
 
+/** The HTTP face (metrics, health, status page); absent: no HTTP server. */
+export interface HttpConfig { host: string; port: number; token?: string }
+
 export interface RouterConfig {
   /** Where the configuration came from, for messages. */
   sources: string[];
   salt?: { from: 'config' | 'env' | 'file'; value: string };
   saltFile?: string;
   listen: ListenConfig;
+  http?: HttpConfig;
   destinations: Map<string, DestinationConfig>;
   defaultDestination: string;
   stateDir: string;

@@ -19,6 +19,7 @@ import {
 } from './dimse-scu';
 import { Part10Error, Spool, statusHex, type OpenedItem, type SpoolEntry } from './spool';
 import { errorMessage } from '../observe/errors';
+import type { ForwardEvent } from '../observe/events';
 
 export type { SpoolItemInfo } from './spool';
 export { Spool } from './spool';
@@ -66,6 +67,8 @@ export interface ForwardQueueOptions {
   dimseTimeoutMs?: number;
   /** Max PDU length we announce for receiving (default 256 KB). */
   maxPduLength?: number;
+  /** Told of each image that leaves the spool (forwarded or dead-lettered). */
+  onOutcome?: (e: Omit<ForwardEvent, 'destination'>) => void;
 }
 
 export interface ForwardStats {
@@ -529,8 +532,10 @@ export class ForwardQueue {
             // Delete in the background: the next C-STORE does not wait for the unlink.
             const p = this.spool.ack(item).then(
               (deleted) => {
-                if (deleted) this.known.delete(item.id);
-                else this.unclaim(item.id, false); // replaced meanwhile by a newer copy: send that too
+                if (deleted) {
+                  this.known.delete(item.id);
+                  this.opts.onOutcome?.({ outcome: 'forwarded', status, bytes: item.size });
+                } else this.unclaim(item.id, false); // replaced meanwhile by a newer copy: send that too
               },
               (e: unknown) => {
                 this.log.error({ sopInstanceUid: item.sopInstanceUid, err: errorMessage(e) }, 'cannot delete delivered spool file; it will be sent again');
@@ -602,6 +607,7 @@ export class ForwardQueue {
     try {
       await this.spool.deadLetter(id, { status, message, attempts, sopInstanceUid: id });
       this.deadLetters++;
+      this.opts.onOutcome?.({ outcome: 'dead-letter', status, bytes: 0 });
       this.known.delete(id);
       this.interruptions.delete(id);
       this.log.error({ sopInstanceUid: id, status: status === null ? null : statusHex(status), message, attempts }, 'image moved to dead letters');

@@ -202,6 +202,7 @@ class Connection {
     else if (this.result === 'released') this.server.log.info(line, 'association released');
     else if (this.result === 'rejected') this.server.log.warn(line, 'association rejected');
     else this.server.log.info(line, `association ended: ${this.result}`);
+    if (this.callingAe || this.calledAe) this.server.opts.onAssociationEnded?.({ ...line, callingAe: this.callingAe, calledAe: this.calledAe, result: line.result ?? 'closed' });
     this.server.onSettled.splice(0).forEach((f) => f());
   }
 

@@ -1,5 +1,6 @@
 // Public types of the storage SCP network layer. Nothing here knows about de-identification.
 import type { Logger } from 'pino';
+import type { AssociationSummary } from '../observe/events';
 
 /** One received C-STORE, handed to the application. */
 export interface StoreRequest {
@@ -50,6 +51,8 @@ export interface ScpOptions {
   associationRequestTimeoutMs?: number;
   /** Abort an association idle this long (no PDU received and no C-STORE being processed). Default 300 000 ms. */
   idleTimeoutMs?: number;
+  /** Told of every association when it ends (metrics, status page). */
+  onAssociationEnded?: (a: AssociationSummary) => void;
 }
 
 export interface RunningScp {
