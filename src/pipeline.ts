@@ -1,7 +1,7 @@
 // One image through identify -> de-identify, shared by the batch command and the storage SCP.
 // Reading and delivery are the callers' business; this module is synchronous and touches no I/O.
 import { DicomObject } from './dicom/dataset';
-import { readDataset, readPart10 } from './dicom/read';
+import { DEFAULT_READ_LIMITS, DicomLimitError, ReadLimits, readDataset, readPart10 } from './dicom/read';
 import { part10Chunks } from './dicom/write';
 import { RouterConfig, StudyConfig } from './config/types';
 import { resolveStudy, sanitizePathComponent } from './identify';
@@ -47,6 +47,8 @@ export interface RoutedImage {
 
 export class DeidPipeline {
   private plans = new Map<StudyConfig, StudyPlan>();
+  /** Bounds on inflated size and sequence depth of one image (router.yaml `limits`). */
+  readLimits: ReadLimits = DEFAULT_READ_LIMITS;
 
   constructor(readonly config: RouterConfig, private readonly salt: string) {}
 
@@ -61,8 +63,9 @@ export class DeidPipeline {
 
   read(input: InboundImage): DicomObject {
     try {
-      return input.kind === 'file' ? readPart10(input.bytes) : readDataset(input.bytes, input.transferSyntaxUid);
+      return input.kind === 'file' ? readPart10(input.bytes, this.readLimits) : readDataset(input.bytes, input.transferSyntaxUid, this.readLimits);
     } catch (e) {
+      if (e instanceof DicomLimitError) throw new ImageRejected('read', `refused: ${e.message}`, Status.OutOfResources);
       // DicomParseError, or a RangeError of a read past the end of a truncated buffer.
       throw new ImageRejected('read', `unreadable dataset: ${(e as Error).message}`);
     }

@@ -1,3 +1,4 @@
+import { createHash } from 'crypto';
 // The whole PHI corpus through the batch command: no planted marker survives, every output is
 // valid DICOM, pixel data and research metadata are untouched, UIDs stay consistent.
 import { test, describe, before } from 'node:test';
@@ -79,7 +80,12 @@ describe('PHI corpus through anonymize', { skip }, () => {
     for (const r of reasons) {
       const reason = JSON.parse(readFileSync(join(q1, r), 'utf8'));
       assert.match(reason.reason, /has no (SOPClassUID|SOPInstanceUID|StudyInstanceUID|SeriesInstanceUID)/);
-      const original = readPart10(readFileSync(join(CORPUS_PHI, reason.source)));
+      // The reason names no input path (exports are named after patients); the original beside it
+      // is the input, byte for byte, and its hash is in the reason.
+      assert.equal(reason.source, 'anonymize');
+      const bytes = readFileSync(join(q1, r.replace(/\.reason\.json$/, '.dcm')));
+      assert.equal(reason.sha256, createHash('sha256').update(bytes).digest('hex'));
+      const original = readPart10(bytes);
       assert.ok(!findElement(original.dataset, 0x00080016) || !findElement(original.dataset, 0x00080018) || !findElement(original.dataset, 0x0020000d));
     }
     assert.ok(processed + duplicates >= inputs.length - 8, `only ${processed} of ${inputs.length} processed`);

@@ -6,6 +6,7 @@
 // Because claims are made in input order, an input holding a SOP instance that an earlier input
 // already produced (one image sent twice, or in two encodings) is dropped the same way in every
 // run: two runs over the same input give the same output.
+import { createHash } from 'crypto';
 import { readFileSync, rmSync } from 'fs';
 import { basename, relative, resolve } from 'path';
 import type { RouterConfig } from '../config/types';
@@ -68,8 +69,9 @@ export async function runAnonymize(config: RouterConfig, salt: string, options: 
     o.progress.write(`\r[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${files.length} files, ${(s.bytesIn / 1e6).toFixed(1)} MB, ${(done / Math.max(secs, 1e-3)).toFixed(0)} files/s, ${s.quarantined} quarantined ${final ? '\n' : ''}`);
   };
 
-  // Log lines name the quarantine entry, never the input path: exports are sometimes named after
-  // the patient. The entry's .reason.json, in the protected state folder, says where it came from.
+  // Neither log lines nor the reason file name the input path: exports are often named after the
+  // patient (DOE^JOHN_19770707/...). The reason carries the input's SHA-256 instead, which finds
+  // the input again (sha256sum) without saying whose it is.
   const toQuarantine = (file: string, stage: Stage, reason: string, study?: string) => {
     let original: Buffer[] = [];
     try {
@@ -77,7 +79,7 @@ export async function runAnonymize(config: RouterConfig, salt: string, options: 
     } catch {
       /* unreadable: the reason file says so */
     }
-    const entry = quarantine.put(original, { stage, reason, source: relative(o.incoming, file), study }, { durable: o.fsync });
+    const entry = quarantine.put(original, { stage, reason, source: 'anonymize', sha256: original.length ? createHash('sha256').update(original[0]).digest('hex') : undefined, study }, { durable: o.fsync });
     s.quarantined++;
     o.logger.warn({ quarantined: basename(entry), stage, reason }, 'quarantined');
     if (o.move && original.length) rmSync(file);

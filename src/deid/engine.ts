@@ -9,7 +9,10 @@ import { encodeString, encodeValue } from '../dicom/values';
 import { BINARY_SIZE, MAX_LENGTH, isStringVr } from '../dicom/vr';
 import { IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, isStandardUid } from '../dicom/uids';
 import { DATE_TIME_PAIRS, offsetSeconds, shiftDate, shiftDateTime, shiftTime } from './dates';
+import { adoptMetaIdentity } from '../dicom/read';
+import { isClassUidTag } from './plan';
 import type { Op, StudyPlan } from './plan';
+import { isStandardCodingScheme } from './code-schemes';
 import type { OffsetSpec } from '../config/types';
 
 export class DeidError extends Error {
@@ -56,7 +59,7 @@ export function deidentify(obj: DicomObject, plan: StudyPlan): DicomObject {
     offsets: new Map(),
     syntaxLE: obj.syntax.littleEndian,
   };
-  const dataset = addMethodAttributes(processElements(obj.dataset, ctx), ctx, obj);
+  const dataset = addMethodAttributes(processElements(adoptMetaIdentity(obj.meta, obj.dataset), ctx), ctx, obj);
   const sopClass = elementString(findElement(dataset, T.SOPClassUID)) ?? elementString(findElement(obj.meta, 0x00020002));
   const sopInstance = elementString(findElement(dataset, T.SOPInstanceUID));
   const meta: Element[] = [META_VERSION];
@@ -92,11 +95,19 @@ function processElements(elements: readonly Element[], ctx: Ctx): Element[] {
     const tag = el.tag;
     const group = tag >>> 16;
     if ((tag & 0xffff) === 0 || tag === 0xfffcfffc) continue; // group lengths, trailing padding: recomputed/dropped
+    // Command (0000) and file meta (0002) groups never belong in a stored dataset: the meta is
+    // made anew, and copies inside the dataset carry AE titles and private information.
+    if (group === 0x0000 || group === 0x0002) continue;
     if (isPrivateTag(tag)) {
       if (group <= 0x0007) continue; // groups 1, 3, 5, 7 may not be used at all
       if (!creators) creators = privateCreators(elements);
       const kept = keepPrivate(el, creators, ctx.plan);
-      if (kept) out.push(el.items ? withItems(el, processItems(el.items, ctx)) : el);
+      if (!kept) continue;
+      if (el.items) out.push(withItems(el, processItems(el.items, ctx)));
+      // Safety net: UIDs in kept private data are mapped like public ones, so references into
+      // the study stay consistent and no original UID survives.
+      else if (el.vr === 'UI' && ctx.plan.uidNetOp) out.push(applyOp(el, 'UI', ctx.plan.uidNetOp, elements, ctx) as Element);
+      else out.push(el);
       continue;
     }
     const vr = effectiveVr(el);
@@ -119,11 +130,15 @@ function withItems(el: Element, items: Item[]): Element {
   return makeElement(el.tag, el.vr, el.value, el.undefinedLength, items, el.itemSyntax, el.encapsulated);
 }
 
-/** VR the value really has: the dictionary's when the element came as UN. */
+/** VR the value really has: the dictionary's when the element came as UN (or as OB, which
+ * faulty converters use for anything). A sequence attribute whose value could not be read as
+ * one stays UN: an opaque value, which the safety nets remove. */
 function effectiveVr(el: Element): string {
-  if (el.vr !== 'UN' || el.items) return el.items ? 'SQ' : el.vr;
+  if (el.items) return 'SQ';
+  if (el.vr !== 'UN' && el.vr !== 'OB') return el.vr;
   const d = lookupTag(el.tag)?.vr;
-  return d && d !== 'SQ' ? d : 'UN';
+  if (d === undefined) return el.vr;
+  return d === 'SQ' ? 'UN' : d;
 }
 
 /** Attributes a VR-wide rule must not touch: breaking them would break the image itself. */
@@ -152,16 +167,30 @@ function resolveOp(el: Element, vr: string, plan: StudyPlan): Op {
     const base = plan.baseOps.get(el.tag);
     if (base) return base;
   }
-  if (plan.basicProfile) {
-    const group = el.tag >>> 16;
-    if ((group & 0xff00) === 0x5000 || (group & 0xff00) === 0x6000) {
-      for (const [mask, value, op] of plan.repeatingOps) if (((el.tag & mask) >>> 0) === value) return op;
-    }
-    // Safety net beyond Table E.1-1: a person's name in an attribute the table does not list
-    // (newer attributes, SR content) is still a person's name.
-    if (vr === 'PN') return CLEAR;
+  return plan.basicProfile ? unlistedOp(el, vr, plan) : el.items ? RECURSE : KEEP;
+}
+
+const DELETE: Op = { op: 'delete' };
+
+/**
+ * The safety nets: what the Basic Profile does with an attribute that neither Table E.1-1 nor a
+ * study rule names. They fail closed, so that the next attribute a vendor or the standard adds
+ * is covered too, not only the ones known today.
+ */
+function unlistedOp(el: Element, vr: string, plan: StudyPlan): Op {
+  const group = el.tag >>> 16;
+  // Curves and overlays, whole groups: descriptions, labels and comments are free text.
+  if ((group & 0xff00) === 0x5000 || (group & 0xff00) === 0x6000) return DELETE;
+  // The patient module is where new identifiers appear (alternative calendars, registration
+  // numbers, issuer qualifiers): what the table does not keep goes.
+  if (group === 0x0010) return DELETE;
+  switch (vr) {
+    case 'PN': return CLEAR; // a person's name in a newer attribute, or in SR content
+    case 'UI': return plan.uidNetOp && !isClassUidTag(el.tag) ? plan.uidNetOp : KEEP;
+    case 'UN': return DELETE; // an opaque public value: unknown tag, or a sequence we could not read
   }
-  return el.items ? RECURSE : KEEP;
+  if (el.items) return RECURSE;
+  return lookupTag(el.tag) ? KEEP : DELETE; // a public attribute no dictionary knows
 }
 
 function applyOp(el: Element, vr: string, op: Op, siblings: readonly Element[], ctx: Ctx): Element | undefined {
@@ -169,12 +198,21 @@ function applyOp(el: Element, vr: string, op: Op, siblings: readonly Element[], 
     // Sequences: remove, empty, or keep and de-identify every item.
     if (op.op === 'delete') return undefined;
     if (op.op === 'clear') return withItems(el, []);
+    if (op.op === 'dummyCode') return withItems(el, dummyCodeItems());
+    if (op.op !== 'keep' && op.op !== 'recurse') return undefined; // a value action on a sequence
     return withItems(el, processItems(el.items, ctx));
   }
   switch (op.op) {
     case 'keep':
-    case 'recurse':
       return el;
+    case 'recurse':
+    case 'dummyCode':
+      // A sequence operation on a value that is not a sequence: a sequence attribute whose value
+      // could not be read as one. Opaque, so it goes.
+      return undefined;
+    case 'codeMeaning':
+      if (isStandardCodingScheme(elementString(findElement(siblings, T.CodingSchemeDesignator)))) return el;
+      return op.clean ? cleanElement(el, vr, ctx) : withValue(el, dummyValue(vr, ctx));
     case 'delete':
       return undefined;
     case 'clear':
@@ -198,6 +236,15 @@ function applyOp(el: Element, vr: string, op: Op, siblings: readonly Element[], 
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** One code item in a private scheme (PS3.16 8.2: designators starting with 99), standing for a
+ * person or institution removed. Valid wherever a code sequence is type 1. */
+function dummyCodeItems(): Item[] {
+  return [{
+    elements: [str(T.CodeValue, 'SH', 'DEIDENTIFIED'), str(T.CodingSchemeDesignator, 'SH', '99DEIDROUTER'), str(T.CodeMeaning, 'LO', DUMMY_TEXT)],
+    undefinedLength: false,
+  }];
+}
 
 function withValue(el: Element, value: Buffer): Element {
   return makeElement(el.tag, el.vr, value);
@@ -231,7 +278,7 @@ function dummyValue(vr: string, ctx: Ctx): Buffer {
 export function mapUid(uid: string, key: Buffer, entropy: string | undefined, plan: StudyPlan): string {
   // Standard UIDs identify classes and syntaxes, not people; a value without a dot ("0", seen in
   // the wild as a placeholder) is not a UID of anything.
-  if (uid === '' || isStandardUid(uid) || !uid.includes('.')) return uid;
+  if (uid === '' || isStandardUid(uid) || !uid.includes('.') || uid === IMPLEMENTATION_CLASS_UID) return uid;
   const cacheable = key === plan.uidKey && entropy === undefined;
   if (cacheable) {
     const hit = plan.uidCache.get(uid);
@@ -290,12 +337,14 @@ function offsetElement(el: Element, vr: string, spec: OffsetSpec, key: Buffer, s
   const v = text(el);
   if (!v) return el;
   const secs = patientOffset(spec, key, ctx);
-  const shift = (part: string): string | undefined => {
-    if (vr === 'DA') {
-      const tmTag = DATE_TIME_PAIRS.get(el.tag);
-      const tm = tmTag !== undefined ? elementString(findElement(siblings, tmTag)) : undefined;
-      return shiftDate(part, secs, tm);
-    }
+  // The time of each date, value by value: a multi-valued DA and its TM are pairs of moments.
+  let pairedTimes: string[] | undefined;
+  if (vr === 'DA') {
+    const tmTag = DATE_TIME_PAIRS.get(el.tag);
+    pairedTimes = tmTag !== undefined ? elementString(findElement(siblings, tmTag))?.split('\\') : undefined;
+  }
+  const shift = (part: string, index: number): string | undefined => {
+    if (vr === 'DA') return shiftDate(part, secs, pairedTimes?.[index]);
     if (vr === 'TM') return shiftTime(part, secs);
     if (vr === 'DT') return shiftDateTime(part, secs);
     return undefined;

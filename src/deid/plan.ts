@@ -2,7 +2,7 @@
 // into a plan: per tag and per VR, the one operation the engine applies.
 import { createHmac } from 'crypto';
 import { LRUCache } from 'lru-cache';
-import { lookupTag } from '../dicom/dictionary';
+import { DictEntry, dictionaryEntries, lookupTag } from '../dicom/dictionary';
 import type { ActionSpec, OffsetSpec, PrivateKeep, StudyConfig } from '../config/types';
 import { PROFILE_ROWS, PS315_EDITION, ProfileOptionName } from './profile.generated';
 import { CID7050 } from './options';
@@ -17,7 +17,12 @@ export type Op =
   | { op: 'value'; text?: string }
   | { op: 'hash'; key: Buffer }
   | { op: 'regen'; key: Buffer; entropy?: number[] }
-  | { op: 'offset'; offset: OffsetSpec; key: Buffer };
+  | { op: 'offset'; offset: OffsetSpec; key: Buffer }
+  // A code sequence that identifies a person or an institution (D, X/Z/D on a *CodeSequence):
+  // replaced by one dummy code item, so no original code value or meaning survives.
+  | { op: 'dummyCode' }
+  // CodeMeaning: kept under a standard coding scheme, else free text (dummy, or clean).
+  | { op: 'codeMeaning'; clean: boolean };
 
 export interface StudyPlan {
   studyName: string;
@@ -27,8 +32,9 @@ export interface StudyPlan {
   baseOps: Map<number, Op>;
   /** baseOps overlaid with tagOps: one lookup per element when the study has no VR rules. */
   mergedOps: Map<number, Op>;
-  /** Repeating-group rows (50xx curves, 60xx overlays): [mask, value, op]. */
-  repeatingOps: Array<[number, number, Op]>;
+  /** Safety net for UIDs in attributes the table does not list: the keyed map of `regen`.
+   * Undefined with retainUIDs, where the study keeps every UID. */
+  uidNetOp?: Op;
   removePrivate: boolean;
   keepPrivate: PrivateKeep[];
   /** Key of the keyed UID map (study salt, else global). */
@@ -96,7 +102,7 @@ export function compilePlan(study: StudyConfig, globalSalt: string): StudyPlan {
   for (const [vr, spec] of study.vrRules) vrOps.set(vr, fromSpec(spec));
 
   const baseOps = new Map<number, Op>();
-  const repeatingOps: Array<[number, number, Op]> = [];
+  const uidNetOp: Op | undefined = basic && !opts.has('retainUIDs') ? { op: 'regen', key: uidKey } : undefined;
   if (basic) {
     for (const row of PROFILE_ROWS) {
       let code = row.basic;
@@ -109,14 +115,14 @@ export function compilePlan(study: StudyConfig, globalSalt: string): StudyPlan {
           break;
         }
       }
-      if (row.tag.includes('x')) {
-        const mask = parseInt(row.tag.replace(/[0-9A-F]/g, 'F').replace(/x/g, '0'), 16) >>> 0;
-        const value = parseInt(row.tag.replace(/x/g, '0'), 16) >>> 0;
-        repeatingOps.push([mask, value, profileOp(code, undefined, viaOption, study, offsetKey, uidKey)]);
-        continue;
-      }
+      // Curves (50xx) and overlays (60xx) are removed as whole groups by the engine (their
+      // descriptions and labels are free text the table does not name).
+      if (row.tag.includes('x')) continue;
       const tag = parseInt(row.tag, 16) >>> 0;
-      baseOps.set(tag, profileOp(code, lookupTag(tag)?.vr, viaOption, study, offsetKey, uidKey));
+      let op = profileOp(code, lookupTag(tag), viaOption, study, offsetKey, uidKey);
+      // Safety net: a UID the basic column keeps (K) is still mapped, unless an option keeps it.
+      if (op.op === 'keep' && !viaOption && uidNetOp && lookupTag(tag)?.vr === 'UI' && !isClassUidTag(tag)) op = uidNetOp;
+      baseOps.set(tag, op);
     }
   }
 
@@ -127,6 +133,9 @@ export function compilePlan(study: StudyConfig, globalSalt: string): StudyPlan {
     for (const [tag, option] of SUPPLEMENTARY_TEXT) {
       if (!baseOps.has(tag)) baseOps.set(tag, opts.has(option) ? { op: 'clean' } : { op: 'dummy' });
     }
+    // Code meanings anywhere (SR CODE items, graphic annotation and waveform codes, identifying
+    // code sequences kept by an option): only a standard scheme's own text is kept.
+    if (!baseOps.has(CODE_MEANING)) baseOps.set(CODE_MEANING, { op: 'codeMeaning', clean: opts.has('cleanStructuredContent') });
   }
 
   const methodCodes: Array<readonly [string, string]> = [];
@@ -151,7 +160,7 @@ export function compilePlan(study: StudyConfig, globalSalt: string): StudyPlan {
 
   return {
     identityRemoved,
-    studyName: study.name, basicProfile: basic, tagOps, vrOps, baseOps, repeatingOps,
+    studyName: study.name, basicProfile: basic, tagOps, vrOps, baseOps, uidNetOp,
     mergedOps: new Map([...baseOps, ...tagOps]),
     removePrivate: study.removePrivateTags, keepPrivate: study.keepPrivate, uidKey,
     // Study, series and frame-of-reference UIDs repeat across a study's files; instance UIDs mostly
@@ -164,8 +173,12 @@ export function compilePlan(study: StudyConfig, globalSalt: string): StudyPlan {
 /** Maps one Annex E action code to an operation. Combined codes (X/Z, X/D, Z/D, X/Z/D) depend on
  * the attribute's type in the IOD, which we do not know per IOD: we pick the one that keeps every
  * IOD valid (a dummy satisfies type 1, zero length type 2), never one that keeps data. */
-function profileOp(code: string, vr: string | undefined, viaOption: ProfileOptionName | undefined, study: StudyConfig, offsetKey: Buffer, uidKey: Buffer): Op {
+function profileOp(code: string, entry: DictEntry | undefined, viaOption: ProfileOptionName | undefined, study: StudyConfig, offsetKey: Buffer, uidKey: Buffer): Op {
+  const vr = entry?.vr;
   const sq = vr === 'SQ';
+  // Code items carry their meaning in CodeValue/CodeMeaning, which the table never names: keeping
+  // the sequence and cleaning item by item would keep the person's or institution's code.
+  const codeSequence = sq && entry !== undefined && entry.keyword.endsWith('CodeSequence');
   switch (code) {
     case 'K':
       return sq ? { op: 'recurse' } : { op: 'keep' };
@@ -178,6 +191,7 @@ function profileOp(code: string, vr: string | undefined, viaOption: ProfileOptio
     case 'X/D':
     case 'Z/D':
     case 'X/Z/D':
+      if (codeSequence) return { op: 'dummyCode' };
       return sq ? { op: 'recurse' } : { op: 'dummy' };
     case 'U':
     case 'X/Z/U*':
@@ -193,4 +207,20 @@ function profileOp(code: string, vr: string | undefined, viaOption: ProfileOptio
     default:
       throw new Error(`unknown profile action code ${code}`);
   }
+}
+
+const CODE_MEANING = 0x00080104;
+
+let classUidTags: Set<number> | undefined;
+/** UI attributes that name a class, syntax or scheme, never an instance: SOP classes (private
+ * ones included), transfer syntaxes, coding schemes, context groups. The UID safety net leaves
+ * them alone: they identify no one, and changing them breaks the object. */
+export function isClassUidTag(tag: number): boolean {
+  if (!classUidTags) {
+    classUidTags = new Set();
+    for (const e of dictionaryEntries()) {
+      if (e.vr === 'UI' && /(ClassUID|TransferSyntaxUID|CodingSchemeUID|MappingResourceUID|^ContextUID|ApplicationContextName)$/.test(e.keyword)) classUidTags.add(e.tag);
+    }
+  }
+  return classUidTags.has(tag);
 }

@@ -8,7 +8,10 @@ import { writeFileAtomicSync } from './folder';
 export interface QuarantineReason {
   stage: 'read' | 'identify' | 'deidentify' | 'deliver';
   reason: string;
+  /** Where it came from, without a path: `anonymize`, or the calling AE and peer address. */
   source: string;
+  /** SHA-256 of the original bytes (batch), to find the input again without naming it. */
+  sha256?: string;
   study?: string;
   time?: string;
 }

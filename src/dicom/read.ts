@@ -2,10 +2,28 @@
 // they arrive over the network. Explicit and implicit VR, little and big endian, deflated,
 // sequences and items of defined and undefined length, encapsulated pixel data.
 import { inflateRawSync } from 'zlib';
-import { DicomObject, DicomParseError, Element, Item, getString, makeElement } from './dataset';
-import { implicitVr } from './dictionary';
+import { DicomObject, DicomParseError, Element, Item, findElement, getString, makeElement } from './dataset';
+import { implicitVr, isPrivateTag, lookupTag } from './dictionary';
 import { isKnownVr, slotHasLongLength, vrAtSlot, vrSlot } from './vr';
-import { EXPLICIT_LE, IMPLICIT_LE, Syntax, TS, transferSyntaxInfo } from './uids';
+import { EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, Syntax, TS, transferSyntaxInfo } from './uids';
+
+/** Bounds on what one dataset may make the reader do (hostile or broken input). */
+export interface ReadLimits {
+  /** Largest inflated size of a deflated dataset, in bytes. */
+  maxInflatedBytes: number;
+  /** Deepest nesting of sequences. */
+  maxSequenceDepth: number;
+}
+
+export const DEFAULT_READ_LIMITS: ReadLimits = { maxInflatedBytes: 256 * 1024 * 1024, maxSequenceDepth: 32 };
+
+/** A dataset refused because it exceeds a ReadLimits bound (not because it is malformed). */
+export class DicomLimitError extends DicomParseError {
+  constructor(message: string) {
+    super(message);
+    this.name = 'DicomLimitError';
+  }
+}
 
 const ITEM = 0xfffee000;
 const ITEM_DELIM = 0xfffee00d;
@@ -17,7 +35,7 @@ const UNDEFINED = 0xffffffff;
 class Reader {
   private readonly le: boolean;
 
-  constructor(readonly buf: Buffer, readonly syntax: Syntax) {
+  constructor(readonly buf: Buffer, readonly syntax: Syntax, readonly limits: ReadLimits = DEFAULT_READ_LIMITS) {
     this.le = syntax.littleEndian;
   }
 
@@ -39,7 +57,7 @@ class Reader {
   }
 
   /** Reads elements from pos until end, or until an item delimiter when inItem is set. */
-  readElements(pos: number, end: number, inItem: boolean): { elements: Element[]; pos: number } {
+  readElements(pos: number, end: number, inItem: boolean, depth = 0): { elements: Element[]; pos: number } {
     const elements: Element[] = [];
     const buf = this.buf;
     while (pos < end) {
@@ -56,6 +74,15 @@ class Reader {
       let valuePos: number;
       if (this.syntax.explicit) {
         const slot = vrSlot(buf[pos + 4], buf[pos + 5]);
+        if (slot < 0 && tag >>> 16 === 0 && pos + 8 <= end) {
+          // A command-group element without a VR (seen: a zero-length (0000,0000) with VR bytes 00 00
+          // opening an explicit dataset), as dcmtk and pydicom tolerate: skip it as implicit VR.
+          // Group 0000 never belongs in a stored dataset anyway.
+          const skip = pos + 8 + this.u32(pos + 4);
+          if (skip > end) throw new DicomParseError('truncated command group element', pos);
+          pos = skip;
+          continue;
+        }
         if (slot < 0) {
           throw new DicomParseError(`invalid VR bytes 0x${buf[pos + 4].toString(16)} 0x${buf[pos + 5].toString(16)}`, pos);
         }
@@ -76,14 +103,18 @@ class Reader {
 
       if (length === UNDEFINED) {
         if (vr === 'SQ') {
-          const r = this.readItems(valuePos, end, true, this.syntax);
+          const r = this.readItems(valuePos, end, true, this.syntax, depth + 1);
           elements.push(makeElement(tag, vr, null, true, r.items));
           pos = r.pos;
-        } else if (vr === 'UN') {
-          // PS3.5 6.2.2: a UN of undefined length holds an implicit VR little endian sequence.
-          const sub = new Reader(buf, IMPLICIT_LE);
-          const r = sub.readItems(valuePos, end, true, IMPLICIT_LE);
-          elements.push(makeElement(tag, vr, null, true, r.items, IMPLICIT_LE));
+        } else if (vr === 'UN' || isSequenceTag(tag)) {
+          // PS3.5 6.2.2: a UN of undefined length holds an implicit VR little endian sequence. A
+          // sequence attribute that arrived with another VR (OB from a faulty converter) is read
+          // as the sequence it is, in whichever encoding its first element shows.
+          const syntax = vr === 'UN' ? IMPLICIT_LE : this.itemSyntaxAt(valuePos, end);
+          const r = this.readItems(valuePos, end, true, syntax, depth + 1);
+          elements.push(syntax === IMPLICIT_LE && !(this.le && !this.syntax.explicit)
+            ? makeElement(tag, 'UN', null, true, r.items, IMPLICIT_LE)
+            : makeElement(tag, 'SQ', null, true, r.items));
           pos = r.pos;
         } else {
           // Encapsulated pixel data (or another encapsulated value): skip fragments, keep bytes.
@@ -99,8 +130,13 @@ class Reader {
         throw new DicomParseError(`value of ${tag.toString(16).padStart(8, '0')} runs past the end of the data`, pos);
       }
       if (vr === 'SQ') {
-        const r = this.readItems(valuePos, valueEnd, false, this.syntax);
+        const r = this.readItems(valuePos, valueEnd, false, this.syntax, depth + 1);
         elements.push(makeElement(tag, vr, null, false, r.items));
+      } else if (this.syntax.explicit && length > 0 && isSequenceTag(tag)) {
+        // A sequence attribute that arrived with another VR (UN after an implicit-VR hop, OB from a
+        // faulty converter). Its value is a sequence: read it, so that it is de-identified like
+        // any other. What cannot be read stays an opaque value, which the engine removes.
+        elements.push(this.readMisencodedSequence(tag, vr, valuePos, valueEnd, depth + 1));
       } else {
         elements.push(makeElement(tag, vr, buf.subarray(valuePos, valueEnd)));
       }
@@ -110,9 +146,42 @@ class Reader {
     return { elements, pos };
   }
 
-  readItems(pos: number, end: number, undefinedLength: boolean, syntax: Syntax): { items: Item[]; pos: number } {
+  /** The items of a defined-length value of a sequence attribute that came with another VR: tried
+   * as implicit VR little endian (PS3.5 6.2.2), then in the dataset's own syntax. */
+  readMisencodedSequence(tag: number, vr: string, valuePos: number, valueEnd: number, depth: number): Element {
+    const first = this.itemSyntaxAt(valuePos, valueEnd);
+    const other = first === IMPLICIT_LE ? (this.le ? this.syntax : undefined) : IMPLICIT_LE;
+    for (const syntax of other ? [first, other] : [first]) {
+      try {
+        const r = this.readItems(valuePos, valueEnd, false, syntax, depth);
+        // Written back as it came (a UN holding implicit VR LE items, the form PS3.5 6.2.2
+        // defines, with its length recomputed), or as a real SQ when the items are in the
+        // dataset's own syntax.
+        return syntax === IMPLICIT_LE
+          ? makeElement(tag, 'UN', null, false, r.items, IMPLICIT_LE)
+          : makeElement(tag, 'SQ', null, false, r.items);
+      } catch (e) {
+        if (e instanceof DicomLimitError) throw e;
+      }
+    }
+    return makeElement(tag, vr, this.buf.subarray(valuePos, valueEnd));
+  }
+
+  /** Syntax of the items of a sequence that came without its VR: explicit (the dataset's own)
+   * when the first element of the first item spells a VR, else implicit VR little endian. */
+  itemSyntaxAt(pos: number, end: number): Syntax {
+    if (!this.syntax.explicit || !this.le) return IMPLICIT_LE;
+    const e = pos + 8; // first element of the first item
+    if (e + 6 <= end && vrSlot(this.buf[e + 4], this.buf[e + 5]) >= 0) return this.syntax;
+    return IMPLICIT_LE;
+  }
+
+  readItems(pos: number, end: number, undefinedLength: boolean, syntax: Syntax, depth = 1): { items: Item[]; pos: number } {
+    if (depth > this.limits.maxSequenceDepth) {
+      throw new DicomLimitError(`sequences nested deeper than ${this.limits.maxSequenceDepth} levels`);
+    }
     const items: Item[] = [];
-    const reader = syntax === this.syntax ? this : new Reader(this.buf, syntax);
+    const reader = syntax === this.syntax ? this : new Reader(this.buf, syntax, this.limits);
     while (pos < end) {
       if (pos + 8 > end) throw new DicomParseError('truncated item header', pos);
       const tag = reader.tag(pos);
@@ -123,13 +192,13 @@ class Reader {
       }
       if (tag !== ITEM) throw new DicomParseError(`expected an item, found tag ${tag.toString(16)}`, pos);
       if (len === UNDEFINED) {
-        const r = reader.readElements(pos + 8, end, true);
+        const r = reader.readElements(pos + 8, end, true, depth);
         items.push({ elements: r.elements, undefinedLength: true });
         pos = r.pos;
       } else {
         const itemEnd = pos + 8 + len;
         if (itemEnd > end) throw new DicomParseError('item runs past the end of its sequence', pos);
-        const r = reader.readElements(pos + 8, itemEnd, false);
+        const r = reader.readElements(pos + 8, itemEnd, false, depth);
         items.push({ elements: r.elements, undefinedLength: false });
         pos = itemEnd;
       }
@@ -152,28 +221,80 @@ class Reader {
   }
 }
 
+/** A public attribute whose dictionary VR is SQ: its value is a sequence whatever VR it came with. */
+function isSequenceTag(tag: number): boolean {
+  return !isPrivateTag(tag) && lookupTag(tag)?.vr === 'SQ';
+}
+
 /** Some writers pad a file with NUL bytes after the last element. */
 function isZeroPadding(buf: Buffer, pos: number, end: number): boolean {
   for (let i = pos; i < end; i++) if (buf[i] !== 0) return false;
   return true;
 }
 
-/** Reads a dataset (no meta) in the given transfer syntax, e.g. as received by C-STORE. */
-export function readDataset(buf: Buffer, transferSyntaxUid: string): DicomObject {
+/** Reads a dataset (no meta) in the given transfer syntax, e.g. as received by C-STORE. An
+ * uncompressed dataset whose bytes show another uncompressed encoding than announced is read in
+ * the one it really has (and written back in it). */
+export function readDataset(buf: Buffer, transferSyntaxUid: string, limits: ReadLimits = DEFAULT_READ_LIMITS): DicomObject {
   const info = transferSyntaxInfo(transferSyntaxUid);
-  const data = info.deflated ? inflate(buf) : buf;
-  const { elements } = new Reader(data, info.syntax).readElements(0, data.length, false);
-  return { meta: [], dataset: elements, transferSyntaxUid, syntax: info.syntax, deflated: info.deflated, hadMeta: false };
+  const data = info.deflated ? inflate(buf, limits) : buf;
+  let syntax = info.syntax;
+  let ts = transferSyntaxUid;
+  if (!info.deflated && !info.encapsulated) {
+    syntax = detectSyntax(data, 0, syntax);
+    ts = syntaxUid(syntax);
+  }
+  const { elements } = new Reader(data, syntax, limits).readElements(0, data.length, false);
+  return { meta: [], dataset: elements, transferSyntaxUid: ts, syntax, deflated: info.deflated, hadMeta: false };
 }
 
-function inflate(buf: Buffer): Buffer {
+function inflate(buf: Buffer, limits: ReadLimits): Buffer {
   try {
     // Output arrives in chunkSize pieces that are joined at the end: the 16 KB default made
-    // inflating a 260 KB dataset 2.5 times slower than one large piece.
-    return inflateRawSync(buf, { chunkSize: 1 << 20 });
-  } catch {
+    // inflating a 260 KB dataset 2.5 times slower than one large piece. maxOutputLength stops a
+    // deflate bomb (1 MB inflating to 1 GB) before it takes the memory.
+    return inflateRawSync(buf, { chunkSize: 1 << 20, maxOutputLength: limits.maxInflatedBytes });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE') {
+      throw new DicomLimitError(`deflated dataset inflates to more than ${limits.maxInflatedBytes} bytes`);
+    }
     throw new DicomParseError('deflated dataset does not inflate');
   }
+}
+
+function syntaxUid(syntax: Syntax): string {
+  if (!syntax.explicit) return TS.ImplicitLE;
+  return syntax.littleEndian ? TS.ExplicitLE : TS.ExplicitBE;
+}
+
+/** Groups a dataset's first element has in practice, read in the right byte order. */
+const FIRST_GROUPS = new Set([0x0002, 0x0004, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028]);
+
+/**
+ * The uncompressed encoding a dataset really has, from its first element, as dcmtk and pydicom
+ * decide it: the byte order from the group number, explicit VR when the two bytes after the tag
+ * spell a VR. Leading command-group (0000) elements, which some writers leave in, are skipped.
+ * `declared` is returned when the bytes do not say otherwise.
+ */
+export function detectSyntax(buf: Buffer, pos: number, declared: Syntax | undefined): Syntax {
+  while (pos + 8 <= buf.length && buf[pos] === 0 && buf[pos + 1] === 0) {
+    // (0000,xxxx): skip by its length, read either way (the bogus ones seen are zero length).
+    const explicitLen = vrSlot(buf[pos + 4], buf[pos + 5]) >= 0 ? buf.readUInt16LE(pos + 6) : -1;
+    pos += explicitLen >= 0 ? 8 + explicitLen : 8 + buf.readUInt32LE(pos + 4);
+  }
+  if (pos + 6 > buf.length) return declared ?? EXPLICIT_LE;
+  const le = buf.readUInt16LE(pos);
+  const be = buf.readUInt16BE(pos);
+  let littleEndian = declared?.littleEndian ?? true;
+  if (littleEndian && !FIRST_GROUPS.has(le) && FIRST_GROUPS.has(be)) littleEndian = false;
+  else if (!littleEndian && !FIRST_GROUPS.has(be) && FIRST_GROUPS.has(le)) littleEndian = true;
+  let explicit = vrSlot(buf[pos + 4], buf[pos + 5]) >= 0;
+  // Two length bytes of an implicit VR element can spell a VR by chance: when implicit VR was
+  // announced, believe the bytes only if the implicit reading runs past the end.
+  if (explicit && declared && !declared.explicit && littleEndian && pos + 8 + buf.readUInt32LE(pos + 4) <= buf.length) explicit = false;
+  if (!littleEndian) return EXPLICIT_BE; // implicit VR big endian does not exist
+  const s = explicit ? EXPLICIT_LE : IMPLICIT_LE;
+  return declared && declared.explicit === s.explicit && declared.littleEndian ? declared : s;
 }
 
 /** True when the bytes look like DICOM at all: a Part-10 preamble, or a bare dataset whose first
@@ -185,34 +306,33 @@ export function looksLikeDicom(buf: Buffer): boolean {
 }
 
 function sniffBareDataset(buf: Buffer): Syntax | undefined {
-  if (buf.length < 8) return undefined;
-  const group = buf.readUInt16LE(0);
-  if (group !== 0x0002 && group !== 0x0008 && group !== 0x0010) return undefined;
-  const vr = buf.toString('latin1', 4, 6);
-  if (isKnownVr(vr)) return EXPLICIT_LE;
-  const len = buf.readUInt32LE(4);
-  if (len < buf.length) return IMPLICIT_LE;
+  let pos = 0;
+  // Leading command-group elements (0000,xxxx), as detectSyntax skips them.
+  while (pos + 8 <= buf.length && buf[pos] === 0 && buf[pos + 1] === 0 && pos < 64) {
+    pos += vrSlot(buf[pos + 4], buf[pos + 5]) >= 0 ? 8 + buf.readUInt16LE(pos + 6) : 8 + buf.readUInt32LE(pos + 4);
+  }
+  if (pos + 8 > buf.length) return undefined;
+  const le = buf.readUInt16LE(pos);
+  const be = buf.readUInt16BE(pos);
+  const plausible = (g: number) => g === 0x0002 || g === 0x0008 || g === 0x0010;
+  if (!plausible(le) && !plausible(be)) return undefined;
+  if (vrSlot(buf[pos + 4], buf[pos + 5]) >= 0) return plausible(le) ? EXPLICIT_LE : EXPLICIT_BE;
+  if (plausible(le) && buf.readUInt32LE(pos + 4) < buf.length) return IMPLICIT_LE;
   return undefined;
 }
 
-/** Reads a Part-10 file, or a bare dataset file without preamble/meta (transfer syntax sniffed). */
-export function readPart10(buf: Buffer): DicomObject {
+/** Reads a Part-10 file, or a bare dataset file without preamble/meta (encoding sniffed). */
+export function readPart10(buf: Buffer, limits: ReadLimits = DEFAULT_READ_LIMITS): DicomObject {
   let pos: number;
   if (buf.length >= 132 && buf.toString('latin1', 128, 132) === 'DICM') pos = 132;
   else if (buf.length >= 4 && buf.toString('latin1', 0, 4) === 'DICM') pos = 4;
   else {
-    const syntax = sniffBareDataset(buf);
-    if (!syntax) throw new DicomParseError('not a DICOM file (no DICM prefix and no recognisable dataset)');
-    if (buf.readUInt16LE(0) === 0x0002) pos = 0; // meta group without preamble
-    else {
-      const { elements } = new Reader(buf, syntax).readElements(0, buf.length, false);
-      const ts = syntax.explicit ? TS.ExplicitLE : TS.ImplicitLE;
-      return { meta: [], dataset: elements, transferSyntaxUid: ts, syntax, deflated: false, hadMeta: false };
-    }
+    if (!sniffBareDataset(buf)) throw new DicomParseError('not a DICOM file (no DICM prefix and no recognisable dataset)');
+    pos = 0;
   }
   // File meta: explicit VR little endian, elements of group 0002 only. The group length is not
-  // trusted (some writers omit or miscount it): read while the group is 0002.
-  const metaReader = new Reader(buf, EXPLICIT_LE);
+  // trusted (some writers omit or miscount it): read while the group is 0002. A bare file may
+  // have none, or an implicit-VR one, which the dataset reader then meets (and the engine drops).
   let metaEnd = pos;
   while (metaEnd + 8 <= buf.length && buf.readUInt16LE(metaEnd) === 0x0002) {
     const slot = vrSlot(buf[metaEnd + 4], buf[metaEnd + 5]);
@@ -220,23 +340,42 @@ export function readPart10(buf: Buffer): DicomObject {
     metaEnd = slotHasLongLength(slot) ? metaEnd + 12 + buf.readUInt32LE(metaEnd + 8) : metaEnd + 8 + buf.readUInt16LE(metaEnd + 6);
   }
   if (metaEnd > buf.length) throw new DicomParseError('file meta information runs past the end of the file', pos);
-  const meta = metaReader.readElements(pos, metaEnd, false).elements;
-  let ts = getString(meta, 0x00020010);
+  const meta = new Reader(buf, EXPLICIT_LE, limits).readElements(pos, metaEnd, false).elements;
+  const declaredTs = getString(meta, 0x00020010);
+  const info = declaredTs ? transferSyntaxInfo(declaredTs) : undefined;
   let syntax: Syntax;
-  let deflated = false;
-  if (ts) {
-    const info = transferSyntaxInfo(ts);
+  let ts: string;
+  const deflated = info?.deflated ?? false;
+  if (info && (info.deflated || info.encapsulated)) {
     syntax = info.syntax;
-    deflated = info.deflated;
+    ts = declaredTs as string;
   } else {
-    // Missing TransferSyntaxUID: sniff the first dataset element.
-    const rest = buf.subarray(metaEnd);
-    const s = rest.length >= 6 && isKnownVr(rest.toString('latin1', 4, 6)) ? EXPLICIT_LE : IMPLICIT_LE;
-    syntax = s;
-    ts = s.explicit ? TS.ExplicitLE : TS.ImplicitLE;
+    // Uncompressed, or no TransferSyntaxUID at all: the bytes say which encoding it really is.
+    syntax = detectSyntax(buf, metaEnd, info?.syntax);
+    ts = info && syntax === info.syntax ? (declaredTs as string) : syntaxUid(syntax);
   }
-  const body = deflated ? inflate(buf.subarray(metaEnd)) : buf;
+  const body = deflated ? inflate(buf.subarray(metaEnd), limits) : buf;
   const start = deflated ? 0 : metaEnd;
-  const { elements } = new Reader(body, syntax).readElements(start, body.length, false);
-  return { meta, dataset: elements, transferSyntaxUid: ts, syntax, deflated, hadMeta: true };
+  const { elements } = new Reader(body, syntax, limits).readElements(start, body.length, false);
+  return { meta, dataset: elements, transferSyntaxUid: ts, syntax, deflated, hadMeta: meta.length > 0 };
+}
+
+/**
+ * A dataset without SOPClassUID / SOPInstanceUID whose file meta (or a group 0002 left inside the
+ * dataset) has MediaStorageSOPClassUID / MediaStorageSOPInstanceUID: the file says what it is,
+ * as dcmtk and pydicom take it. Returns the dataset with the element inserted in tag order (the
+ * reader itself stays faithful to the bytes; the engine calls this).
+ */
+export function adoptMetaIdentity(meta: readonly Element[], dataset: Element[]): Element[] {
+  let out = dataset;
+  for (const [from, to] of [[0x00020002, 0x00080016], [0x00020003, 0x00080018]] as const) {
+    if (findElement(out, to)) continue;
+    const source = findElement(meta, from) ?? findElement(out, from);
+    if (!source?.value || source.value.length === 0) continue;
+    const el = makeElement(to, 'UI', source.value);
+    let i = 0;
+    while (i < out.length && out[i].tag < to) i++;
+    out = [...out.slice(0, i), el, ...out.slice(i)];
+  }
+  return out;
 }
