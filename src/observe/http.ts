@@ -22,6 +22,12 @@ export interface RunningHttpFace {
   close(): Promise<void>;
 }
 
+/** The process answers: no token, for container and orchestrator health checks. */
+export const HEALTH_PATH = '/healthz';
+/** Ready for images: listening, state directory writable, configuration loaded. */
+export const READY_PATH = '/readyz';
+export const METRICS_PATH = '/metrics';
+
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
 
 /** Constant-time check of the Bearer token (hashes first: timingSafeEqual wants equal lengths). */
@@ -48,7 +54,7 @@ export async function startHttpFace(config: HttpConfig, sources: HttpFaceSources
       send(res, req, 405, 'text/plain; charset=utf-8', 'read-only: GET or HEAD\n', { allow: 'GET, HEAD' });
       return;
     }
-    if (path === '/healthz') {
+    if (path === HEALTH_PATH) {
       send(res, req, 200, 'text/plain; charset=utf-8', 'ok\n');
       return;
     }
@@ -58,12 +64,12 @@ export async function startHttpFace(config: HttpConfig, sources: HttpFaceSources
     }
     const answer = async (): Promise<void> => {
       switch (path) {
-        case '/readyz': {
+        case READY_PATH: {
           const r = sources.readiness();
           json(res, req, r.ok ? 200 : 503, r);
           return;
         }
-        case '/metrics': {
+        case METRICS_PATH: {
           const m = await sources.metrics();
           send(res, req, 200, m.contentType, m.body);
           return;
