@@ -9,3 +9,4 @@ export {
   isAcceptedAbstractSyntax,
 } from './syntaxes';
 export { PduFramer, PduFramingError } from './framer';
+export type { ScpStats, RefusalKind } from './stats';

@@ -23,6 +23,8 @@ import {
 import type { Logger } from 'pino';
 import { encodeCommandPData, encodeCStoreRspCommand } from './dimse';
 import { PduFramer, PduFramingError } from './framer';
+import { checkAssociateRq, associateRjPdu, abortPdu } from './associate-rq';
+import { countRefusal, newScpStats, snapshotStats, RefusalKind, ScpStats } from './stats';
 import { chooseTransferSyntax, isAcceptedAbstractSyntax, VERIFICATION_SOP_CLASS } from './syntaxes';
 import type { RunningScp, ScpOptions, StoreRequest } from './types';
 import { errorMessage } from '../observe/errors';
@@ -50,6 +52,7 @@ const LINGER_MS = 2_000;
 const CLOSE_QUIET_MS = 200;
 /** Largest non-P-DATA PDU we accept (an A-ASSOCIATE-RQ with 128 contexts and many syntaxes is far smaller). */
 const MAX_CONTROL_PDU = 1 << 20;
+const PDU_ASSOCIATE_RQ = 0x01;
 
 /** A warning (0x0001, 0xB000-0xBFFF) still means the instance was stored. */
 function isStoredStatus(status: number): boolean {
@@ -108,6 +111,7 @@ interface ServerState {
   /** C-STOREs handed to onStore and not yet settled, over all connections. */
   inFlight: number;
   onSettled: Array<() => void>;
+  stats: ScpStats;
 }
 
 /** Internals of dcmjs-dimse's Network we touch; all optional so a changed library degrades gracefully. */
@@ -168,6 +172,23 @@ class Connection {
     }
   }
 
+  /** Ends the association because of something the peer did (or something that failed while serving it):
+   * logged once, counted, and answered with the given PDU (or an A-ABORT when associated), then closed. */
+  refuse(kind: RefusalKind, detail: string, answer?: Buffer, fields?: Record<string, unknown>): void {
+    if (this.result !== undefined) return;
+    countRefusal(this.server.stats, kind);
+    this.server.log.warn({ associationId: this.id, callingAe: this.callingAe || undefined, peer: this.peerAddress, refusal: kind, detail, ...fields }, 'association refused or ended by us');
+    const rejected = answer !== undefined && answer[0] === 0x03;
+    if (rejected) this.server.stats.associationsRejected++;
+    this.setResult(rejected ? 'rejected' : 'aborted', kind);
+    if (answer) {
+      if (this.writable) this.socket.write(answer);
+      this.endSocket();
+    } else {
+      this.abortAndClose('aborted', kind);
+    }
+  }
+
   abortAndClose(result: AssocResult, detail?: string): void {
     this.setResult(result, detail);
     if (this.associated && this.writable) {
@@ -216,6 +237,18 @@ class Connection {
   }
 }
 
+/** Scp methods dcmjs-dimse calls from its event listeners. */
+const GUARDED_HANDLERS = ['associationRequested', 'associationReleaseRequested', 'abort', 'cEchoRequest', 'cStoreRequest', 'cCancelRequest'] as const;
+
+/** Replaces each handler of this instance by a guarded call of the class's method (the bodies stay plain). */
+function guardHandlers(scp: StorageScp): void {
+  const self = scp as unknown as Record<string, (...args: unknown[]) => void>;
+  for (const name of GUARDED_HANDLERS) {
+    const handler = self[name].bind(scp);
+    self[name] = (...args: unknown[]) => scp.guarded(name, () => handler(...args));
+  }
+}
+
 class StorageScp extends Scp {
   constructor(private readonly conn: Connection) {
     super(conn.socket, {});
@@ -233,8 +266,10 @@ class StorageScp extends Scp {
       socket.removeAllListeners('data');
       const framer = new PduFramer(Math.max(conn.server.maxPdu, MAX_CONTROL_PDU));
       const onPdu = (pdu: Buffer): void => {
+        if (conn.result !== undefined) return; // ending: whatever else the peer sends is not acted on
         internals.lastPduTime = conn.lastActivity;
-        processPdu(pdu).catch((err: unknown) => conn.server.log.warn({ associationId: conn.id, err: errorMessage(err) }, 'PDU processing failed'));
+        if (pdu[0] === PDU_ASSOCIATE_RQ && !conn.associated && this.refuseBadAssociateRq(pdu)) return;
+        processPdu(pdu).catch((err: unknown) => this.handlerFailed('PDU processing', err));
       };
       socket.on('data', (chunk: Buffer) => {
         conn.lastActivity = Date.now();
@@ -256,14 +291,57 @@ class StorageScp extends Scp {
         }
       });
     }
-    this.on('networkError', (err: Error) => {
-      // Socket errors, timeouts and exceptions thrown while decoding a PDU or DIMSE message end up here.
-      if (!conn.closed) {
-        conn.setResult('error', err?.message);
-        socket.destroy();
-      }
-    });
-    this.on('close', () => conn.onClosed());
+    // dcmjs-dimse's event emitter (async-event-emitter2) turns an exception thrown by a one-argument listener
+    // into a rejected promise nobody handles, which ends the process: every listener and handler is guarded.
+    this.on('networkError', (err: Error) =>
+      this.guarded('networkError', () => {
+        // Socket errors, timeouts and exceptions thrown while decoding a PDU or DIMSE message end up here.
+        if (!conn.closed) {
+          conn.setResult('error', err?.message);
+          socket.destroy();
+        }
+      }),
+    );
+    this.on('close', () => this.guarded('close', () => conn.onClosed()));
+    guardHandlers(this);
+  }
+
+  /** Runs one handler; an exception ends this association (logged without its message, which may quote
+   * received values; counted) and never reaches the library or the process. */
+  guarded(where: string, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.handlerFailed(where, err);
+    }
+  }
+
+  private handlerFailed(where: string, err: unknown): void {
+    const conn = this.conn;
+    try {
+      conn.server.log.debug({ associationId: conn.id, where, err: errorMessage(err) }, 'handler error detail');
+      if (conn.closed) return;
+      // Before the association exists, the peer is told with an A-ASSOCIATE-RJ (transient: it may retry).
+      const answer = conn.associated || where !== 'associationRequested'
+        ? undefined
+        : associateRjPdu(RejectResult.Transient, RejectSource.ServiceProviderAcse, RejectReason.NoReasonGiven);
+      conn.refuse('handler-error', where, answer, { errorType: err instanceof Error ? err.name : typeof err });
+      if (!conn.associated && !answer) conn.socket.destroy();
+    } catch {
+      conn.socket.destroy();
+    }
+  }
+
+  /** Refuses an A-ASSOCIATE-RQ that dcmjs-dimse must not see (see associate-rq.ts). */
+  private refuseBadAssociateRq(pdu: Buffer): boolean {
+    const problem = checkAssociateRq(pdu);
+    if (!problem) return false;
+    if (problem.kind === 'refuse') {
+      this.conn.refuse('too-many-presentation-contexts', problem.why, associateRjPdu(RejectResult.Permanent, RejectSource.ServiceProviderAcse, RejectReason.NoReasonGiven));
+    } else {
+      this.conn.refuse('malformed-pdu', problem.why, abortPdu(AbortSource.ServiceProvider, AbortReason.InvalidPduParameter));
+    }
+    return true;
   }
 
   override associationRequested(association: Association): void {
@@ -273,6 +351,7 @@ class StorageScp extends Scp {
     conn.calledAe = (association.getCalledAeTitle() ?? '').trim();
     const reject = (result: number, source: number, reason: number, why: string): void => {
       conn.setResult('rejected', why);
+      conn.server.stats.associationsRejected++;
       this.sendAssociationReject(result, source, reason);
       conn.endSocket();
     };
@@ -342,6 +421,7 @@ class StorageScp extends Scp {
       Implementation.setImplementationVersion(prev.version);
     }
     conn.associated = true;
+    conn.server.stats.associationsAccepted++;
     conn.lastActivity = Date.now();
   }
 
@@ -406,8 +486,13 @@ class StorageScp extends Scp {
     const sopInstanceUid = (request.getAffectedSopInstanceUid() ?? '').trim();
 
     const answer = (status: number, pcId?: number): void => {
-      if (isStoredStatus(status)) conn.images++;
-      else conn.failed++;
+      if (isStoredStatus(status)) {
+        conn.images++;
+        server.stats.storesSucceeded++;
+      } else {
+        conn.failed++;
+        server.stats.storesFailed++;
+      }
       if (!conn.writable) return;
       try {
         if (pcId !== undefined) {
@@ -501,6 +586,7 @@ export async function startStorageScp(opts: ScpOptions): Promise<RunningScp> {
     nextAssociationId: 1,
     inFlight: 0,
     onSettled: [],
+    stats: newScpStats(),
   };
   const assocRqTimeout = opts.associationRequestTimeoutMs ?? DEFAULT_ASSOC_RQ_TIMEOUT_MS;
   const idleTimeout = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
@@ -511,6 +597,7 @@ export async function startStorageScp(opts: ScpOptions): Promise<RunningScp> {
       socket.destroy();
       return;
     }
+    state.stats.connections++;
     const conn = new Connection(state, socket);
     try {
       conn.scp = new StorageScp(conn);
@@ -595,7 +682,7 @@ export async function startStorageScp(opts: ScpOptions): Promise<RunningScp> {
     return closePromise;
   };
 
-  return { port, close };
+  return { port, close, stats: () => snapshotStats(state.stats) };
 }
 
 // dcmjs-dimse 0.3.3 internals relied on (verified in build/dcmjs-dimse.min.js):

@@ -1,6 +1,7 @@
 // Public types of the storage SCP network layer. Nothing here knows about de-identification.
 import type { Logger } from 'pino';
 import type { AssociationSummary } from '../observe/events';
+import type { ScpStats } from './stats';
 
 /** One received C-STORE, handed to the application. */
 export interface StoreRequest {
@@ -63,4 +64,6 @@ export interface RunningScp {
    * associations and close their sockets. After graceMs (default 30 000) everything is closed regardless.
    */
   close(opts?: { graceMs?: number }): Promise<void>;
+  /** Counters since start: associations, stores, and what was refused or ended by us and why. */
+  stats(): ScpStats;
 }
