@@ -75,6 +75,8 @@ function describeConfig(c: RouterConfig): string {
     if (rules.length) lines.push(`    tags: ${rules.join(', ')}`);
     if (vrs.length) lines.push(`    VRs: ${vrs.join(', ')}`);
     if (s.destinations) lines.push(`    destinations: ${s.destinations.join(', ')}`);
+    lines.push(`    checks: PHI gate ${s.phiGate ?? 'quarantine'}; burned-in annotation ${s.burnedInAnnotation ?? 'quarantine'}, recognizable visual features ${s.recognizableVisualFeatures ?? 'quarantine'}, burned-in unknown ${s.burnedInUnknown ?? 'flag'}`);
+    if (s.linkage) lines.push(`    linkage log: ${s.linkage.path} (original -> new identifiers; keep it with the honest broker)`);
   }
   if (!c.studies.has('Supplement142')) lines.push('  Supplement142: built in (basic profile, private tags removed) for images of unconfigured studies');
   return lines.join('\n') + '\n';

@@ -8,6 +8,9 @@ import { resolveStudy, sanitizePathComponent } from './identify';
 import { compilePlan, StudyPlan } from './deid/plan';
 import { DeidError, deidentify, objectUids } from './deid/engine';
 import { isValidUid } from './dicom/uids';
+import { describeHits, phiGate, PhiHit } from './deid/phi-gate';
+import { burnedInVerdict } from './deid/burned-in';
+import { linkageRecord, LinkageRecord } from './deliver/linkage';
 
 /** DIMSE statuses (PS3.4 Annex B) for the ways one image can fail. */
 export const Status = {
@@ -16,10 +19,16 @@ export const Status = {
   DataSetDoesNotMatchSOPClass: 0xa900,
   CannotUnderstand: 0xc000,
   ProcessingFailure: 0x0110,
+  /** Refused by the PHI gate: the de-identified image still holds one of the input's identifiers. */
+  RefusedPhiGate: 0xc100,
+  /** Refused by the burned-in annotation policy. */
+  RefusedBurnedIn: 0xc101,
 } as const;
 
+export type RejectStage = 'read' | 'identify' | 'deidentify' | 'phi-gate' | 'burned-in';
+
 export class ImageRejected extends Error {
-  constructor(readonly stage: 'read' | 'identify' | 'deidentify', message: string, readonly status: number = Status.CannotUnderstand) {
+  constructor(readonly stage: RejectStage, message: string, readonly status: number = Status.CannotUnderstand) {
     super(message);
     this.name = 'ImageRejected';
   }
@@ -43,12 +52,27 @@ export interface RoutedImage {
   relativePath?: string;
   uids?: { sopClassUid: string; sopInstanceUid: string; studyInstanceUid: string; seriesInstanceUid: string; transferSyntaxUid: string };
   destinations: string[];
+  /** PhiGate: warn found identifiers; the image is delivered all the same (the caller logs it). */
+  phiWarnings?: PhiHit[];
+  /** BurnedInUnknown: flag applied: delivered, counted and logged (value-free reason). */
+  burnedInFlag?: string;
+  /** The study keeps a linkage log: the caller writes this line durably before answering. */
+  linkage?: LinkageRecord;
+}
+
+/** What the pre-delivery checks did since start-up (for logs and metrics). */
+export interface CheckCounts {
+  phiGateQuarantined: number;
+  phiGateWarned: number;
+  burnedInQuarantined: number;
+  burnedInFlagged: number;
 }
 
 export class DeidPipeline {
   private plans = new Map<StudyConfig, StudyPlan>();
   /** Bounds on inflated size and sequence depth of one image (router.yaml `limits`). */
   readLimits: ReadLimits = DEFAULT_READ_LIMITS;
+  readonly counts: CheckCounts = { phiGateQuarantined: 0, phiGateWarned: 0, burnedInQuarantined: 0, burnedInFlagged: 0 };
 
   constructor(readonly config: RouterConfig, private readonly salt: string) {}
 
@@ -77,12 +101,32 @@ export class DeidPipeline {
     if (!r.study) {
       return { station: r.station.name, studyName: r.studyName, unknownStudy: true, quarantine: true, destinations: [] };
     }
+    const burnedIn = burnedInVerdict(obj, r.study);
+    if (burnedIn.decision === 'quarantine') {
+      this.counts.burnedInQuarantined++;
+      throw new ImageRejected('burned-in', burnedIn.reason as string, Status.RefusedBurnedIn);
+    }
+    if (burnedIn.decision === 'flag') this.counts.burnedInFlagged++;
+    const plan = this.planFor(r.study);
     let out: DicomObject;
     try {
-      out = deidentify(obj, this.planFor(r.study));
+      out = deidentify(obj, plan);
     } catch (e) {
       if (e instanceof DeidError) throw new ImageRejected('deidentify', e.message);
       throw new ImageRejected('deidentify', `de-identification failed: ${(e as Error).message}`, Status.ProcessingFailure);
+    }
+    let phiWarnings: PhiHit[] | undefined;
+    const gate = r.study.phiGate ?? 'quarantine';
+    if (gate !== 'off') {
+      const hits = phiGate(obj, out, plan);
+      if (hits.length && gate === 'quarantine') {
+        this.counts.phiGateQuarantined++;
+        throw new ImageRejected('phi-gate', `PHI gate: ${describeHits(hits)}`, Status.RefusedPhiGate);
+      }
+      if (hits.length) {
+        this.counts.phiGateWarned++;
+        phiWarnings = hits;
+      }
     }
     const u = objectUids(out);
     for (const [name, v] of [['SOPClassUID', u.sopClassUid], ['SOPInstanceUID', u.sopInstanceUid], ['StudyInstanceUID', u.studyInstanceUid], ['SeriesInstanceUID', u.seriesInstanceUid]] as const) {
@@ -110,6 +154,9 @@ export class DeidPipeline {
       relativePath: [sanitizePathComponent(r.studyName), uids.studyInstanceUid, uids.seriesInstanceUid, `${uids.sopInstanceUid}.dcm`].join('/'),
       uids,
       destinations: r.study.destinations ?? [this.config.defaultDestination],
+      phiWarnings,
+      burnedInFlag: burnedIn.decision === 'flag' ? burnedIn.reason : undefined,
+      linkage: r.study.linkage ? linkageRecord(r.study.linkage.path, r.study.name, obj, out) : undefined,
     };
   }
 }

@@ -16,6 +16,8 @@ import { Quarantine } from '../deliver/quarantine';
 import { childPath } from '../deliver/folder';
 import { Completion, FileIo, listInputs, openFileIo } from './batch-io';
 import { prepareInput, Prepared, Stage } from './batch-file';
+import { LinkageLogs } from '../deliver/linkage';
+import { errorCode } from '../observe/errors';
 
 export interface AnonymizeOptions {
   incoming: string;
@@ -33,6 +35,8 @@ export interface BatchSummary {
   /** Inputs holding a SOP instance an earlier input (in path order) already produced. */
   duplicates: number;
   skipped: number;
+  /** Delivered with BurnedInUnknown: flag. */
+  burnedInFlagged: number;
   bytesIn: number;
   perStudy: Map<string, number>;
   seconds: number;
@@ -53,7 +57,8 @@ export async function runAnonymize(config: RouterConfig, salt: string, options: 
   const io = opened?.io ?? openFileIo<OutputTag>(files, o.fsync);
   const quarantine = new Quarantine(o.quarantineDir);
   const pipeline = new DeidPipeline(config, salt);
-  const s: BatchSummary = { processed: 0, quarantined: 0, duplicates: 0, skipped: 0, bytesIn: 0, perStudy: new Map(), seconds: 0 };
+  const s: BatchSummary = { processed: 0, quarantined: 0, duplicates: 0, skipped: 0, burnedInFlagged: 0, bytesIn: 0, perStudy: new Map(), seconds: 0 };
+  const linkage = new LinkageLogs();
   const claimed = new Set<string>();
 
   let lastDraw = 0;
@@ -100,9 +105,26 @@ export async function runAnonymize(config: RouterConfig, salt: string, options: 
         ? { kind: 'quarantine', stage: 'read', reason: `cannot read the file: ${input.error}`, bytes: 0 }
         : prepareInput(pipeline, input.bytes);
       s.bytesIn += p.bytes;
-      if (p.kind === 'ready' && !claimed.has(p.rel)) {
+      let linkageError: string | undefined;
+      if (p.kind === 'ready' && !claimed.has(p.rel) && p.linkage) {
+        // The line is on disk before the output is handed to the writer.
+        try {
+          linkage.record(p.linkage);
+        } catch (e) {
+          linkageError = `linkage log not written: ${errorCode(e)}`;
+        }
+      }
+      if (p.kind === 'ready' && !claimed.has(p.rel) && linkageError === undefined) {
         claimed.add(p.rel);
+        if (p.phiWarning) o.logger.warn({ study: p.study, output: p.rel, phiGate: p.phiWarning }, 'PHI gate found identifiers; written (PhiGate: warn)');
+        if (p.burnedInFlag) {
+          s.burnedInFlagged++;
+          o.logger.info({ study: p.study, output: p.rel, reason: p.burnedInFlag }, 'burned-in annotation unknown; written');
+        }
         io.write(childPath(o.outgoing, p.rel), p.chunks, { file, study: p.study }); // rel: checked UIDs, sanitised study name
+      } else if (linkageError !== undefined) {
+        io.release();
+        toQuarantine(file, 'deliver', linkageError, p.kind === 'ready' ? p.study : undefined);
       } else {
         io.release();
         if (p.kind === 'skipped') {
@@ -121,6 +143,7 @@ export async function runAnonymize(config: RouterConfig, salt: string, options: 
     }
   } finally {
     await io.close();
+    linkage.close();
   }
   draw(true);
   s.seconds = Number(process.hrtime.bigint() - started) / 1e9;
@@ -130,5 +153,6 @@ export async function runAnonymize(config: RouterConfig, salt: string, options: 
 export function formatSummary(s: BatchSummary): string {
   const studies = [...s.perStudy.entries()].sort().map(([k, v]) => `${k}: ${v}`).join(', ');
   return `processed ${s.processed}, quarantined ${s.quarantined}, skipped non-DICOM ${s.skipped}, duplicate instances ${s.duplicates} in ${s.seconds.toFixed(1)} s` +
-    (studies ? ` (per study: ${studies})` : '');
+    (studies ? ` (per study: ${studies})` : '') +
+    (s.burnedInFlagged ? `; burned-in annotation unknown, flagged and written: ${s.burnedInFlagged}` : '');
 }

@@ -20,6 +20,8 @@ import { RouterMetrics } from '../observe/metrics';
 import { RecentActivity, renderStatusPage, type StatusView } from '../observe/status-page';
 import { startHttpFace, type Readiness, type RunningHttpFace } from '../observe/http';
 import { buildInfo } from '../observe/build-info';
+import { LinkageLogs } from '../deliver/linkage';
+import { describeHits } from '../deid/phi-gate';
 
 interface ForwardTarget { dest: DicomDestinationConfig; spool: Spool; queue: ForwardQueue }
 
@@ -55,6 +57,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
   loopDelay.enable();
   const stage = { images: 0, processMs: 0, deliverMs: 0 };
   const quarantine = new Quarantine(join(c.stateDir, 'quarantine'));
+  const linkage = new LinkageLogs();
   mkdirSync(c.stateDir, { recursive: true });
   let listening = false;
   let routing: Routing;
@@ -171,6 +174,28 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       if (!failed) logger.info({ callingAe: req.callingAeTitle, station: r.station }, 'image of an unconfigured study quarantined');
       return status;
     }
+    const flags: string[] = [];
+    if (r.phiWarnings) {
+      flags.push('phi-gate-warn');
+      logger.warn({ study: r.studyName, sopInstanceUid: r.uids?.sopInstanceUid, phiGate: describeHits(r.phiWarnings) }, 'PHI gate found identifiers; delivered (PhiGate: warn)');
+    }
+    if (r.burnedInFlag) {
+      flags.push('burned-in-unknown');
+      logger.info({ study: r.studyName, sopInstanceUid: r.uids?.sopInstanceUid, reason: r.burnedInFlag }, 'burned-in annotation unknown; delivered');
+    }
+    if (r.linkage) {
+      // Before delivery: an image must never reach the archive without its line in the log.
+      try {
+        linkage.record(r.linkage);
+      } catch (e) {
+        const status = outOfResources(e) ? Status.OutOfResources : Status.ProcessingFailure;
+        const reason = `linkage log not written: ${errorCode(e)}`;
+        logger.error({ callingAe: req.callingAeTitle, study: r.studyName, reason, status: statusHex(status) }, 'image not delivered');
+        const kept = !keepOriginal(req, 'deliver', reason, r.studyName);
+        observe.image({ ...where, outcome: kept ? 'quarantined' : 'failed', status, stage: 'deliver', reason });
+        return status;
+      }
+    }
     const t1 = performance.now();
     stage.processMs += t1 - t0;
     try {
@@ -185,7 +210,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       observe.image({ ...where, outcome: kept ? 'quarantined' : 'failed', status, stage: 'deliver', reason });
       return status;
     }
-    observe.image({ ...where, outcome: 'stored', status: Status.Success, storeSeconds: seconds(t1) });
+    observe.image({ ...where, outcome: 'stored', status: Status.Success, storeSeconds: seconds(t1), flags: flags.length ? flags : undefined });
     logger.debug({ study: r.studyName, station: r.station, sopInstanceUid: r.uids?.sopInstanceUid, destinations: r.destinations }, 'image stored');
     return Status.Success;
   };
@@ -283,6 +308,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       await scp!.close();
       await Promise.all([...routing.forwards.values()].map((f) => f.queue.stop()));
       await http?.close();
+      linkage.close();
       logStageTimings();
       loopDelay.disable();
     },

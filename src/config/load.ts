@@ -9,7 +9,7 @@ import { KNOWN_VRS, isKnownVr } from '../dicom/vr';
 import { PROFILE_OPTION_NAMES } from '../deid/options';
 import {
   ACTION_NAMES, ActionName, ActionSpec, ConfigError, DEFAULT_STUDY, DestinationConfig, OffsetSpec,
-  PrivateKeep, RouterConfig, StationConfig, StudyConfig, HttpConfig,
+  PrivateKeep, RouterConfig, StationConfig, StudyConfig, HttpConfig, PHI_GATE_MODES, BURNED_IN_POLICIES, BURNED_IN_UNKNOWN_POLICIES,
 } from './types';
 import type { ProfileOptionName } from '../deid/profile.generated';
 
@@ -238,7 +238,10 @@ function parseStations(raw: unknown, where: string, p: Problems): Map<string, St
   return out;
 }
 
-const STUDY_KEYS = ['RemovePrivateTags', 'AnonymizeTag', 'AnonymizeVR', 'Profile', 'ProfileOptions', 'KeepPrivateTags', 'Destinations', 'salt', 'DateOffset'];
+const STUDY_KEYS = [
+  'RemovePrivateTags', 'AnonymizeTag', 'AnonymizeVR', 'Profile', 'ProfileOptions', 'KeepPrivateTags', 'Destinations', 'salt', 'DateOffset',
+  'PhiGate', 'BurnedInAnnotation', 'RecognizableVisualFeatures', 'BurnedInUnknown', 'Linkage',
+];
 const RULE_KEYS = ['action', 'salt', 'value', 'entropy_src', 'days', 'seconds', 'range'];
 /** VRs on which `hash` can produce a valid value. */
 const HASHABLE_VRS = new Set(['AE', 'CS', 'LO', 'LT', 'PN', 'SH', 'ST', 'UC', 'UT', 'UI', 'IS', 'DS']);
@@ -303,9 +306,37 @@ function parseStudies(raw: unknown, where: string, p: Problems): Map<string, Stu
     out.set(name, {
       name, profile: profile === 'none' ? 'none' : 'basic', options, removePrivateTags: rpt !== false,
       keepPrivate, tagRules, vrRules, salt: typeof salt === 'string' ? salt : undefined, dateOffset, destinations,
+      phiGate: oneOf(v, 'PhiGate', PHI_GATE_MODES, 'quarantine', w, p),
+      burnedInAnnotation: oneOf(v, 'BurnedInAnnotation', BURNED_IN_POLICIES, 'quarantine', w, p),
+      recognizableVisualFeatures: oneOf(v, 'RecognizableVisualFeatures', BURNED_IN_POLICIES, 'quarantine', w, p),
+      burnedInUnknown: oneOf(v, 'BurnedInUnknown', BURNED_IN_UNKNOWN_POLICIES, 'flag', w, p),
+      linkage: parseLinkage(v.Linkage, `${w}.Linkage`, p),
     });
   });
   return out;
+}
+
+/** A study key whose value is one of a few words. */
+function oneOf<T extends string>(v: Raw, key: string, allowed: readonly T[], dflt: T, where: string, p: Problems): T {
+  const x = v[key];
+  if (x === undefined || x === null) return dflt;
+  if (typeof x === 'string' && (allowed as readonly string[]).includes(x)) return x as T;
+  p.add(`${where}.${key}`, `"${String(x)}" is not one of ${allowed.join(', ')}`);
+  return dflt;
+}
+
+function parseLinkage(v: unknown, where: string, p: Problems): { path: string } | undefined {
+  if (v === undefined || v === null) return undefined;
+  if (!isObj(v)) {
+    p.add(where, 'must be { path: FILE } (the honest broker\'s linkage log)');
+    return undefined;
+  }
+  checkKeys(v, ['path'], where, p);
+  if (typeof v.path !== 'string' || v.path.trim() === '') {
+    p.add(`${where}.path`, 'must be a file path');
+    return undefined;
+  }
+  return { path: resolve(v.path) };
 }
 
 function parseOffset(v: unknown, where: string, p: Problems): OffsetSpec | undefined {

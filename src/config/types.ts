@@ -48,7 +48,21 @@ export interface StudyConfig {
   salt?: string;
   dateOffset?: OffsetSpec;
   destinations?: string[];
+  /** Checks before delivery (issue #12); undefined means the default noted. */
+  phiGate?: PhiGateMode; // quarantine
+  burnedInAnnotation?: BurnedInPolicy; // quarantine
+  recognizableVisualFeatures?: BurnedInPolicy; // quarantine
+  burnedInUnknown?: BurnedInUnknownPolicy; // flag
+  /** Honest-broker linkage log (original -> new identifiers); off when undefined. */
+  linkage?: { path: string };
 }
+
+export const PHI_GATE_MODES = ['quarantine', 'warn', 'off'] as const;
+export type PhiGateMode = (typeof PHI_GATE_MODES)[number];
+export const BURNED_IN_POLICIES = ['quarantine', 'keep'] as const;
+export type BurnedInPolicy = (typeof BURNED_IN_POLICIES)[number];
+export const BURNED_IN_UNKNOWN_POLICIES = ['quarantine', 'keep', 'flag'] as const;
+export type BurnedInUnknownPolicy = (typeof BURNED_IN_UNKNOWN_POLICIES)[number];
 
 export interface FolderDestinationConfig { type: 'folder'; name: string; path: string }
 export interface DicomDestinationConfig {

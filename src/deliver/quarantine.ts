@@ -6,7 +6,7 @@ import { randomBytes } from 'crypto';
 import { writeFileAtomicSync } from './folder';
 
 export interface QuarantineReason {
-  stage: 'read' | 'identify' | 'deidentify' | 'deliver';
+  stage: 'read' | 'identify' | 'deidentify' | 'phi-gate' | 'burned-in' | 'deliver';
   reason: string;
   /** Where it came from, without a path: `anonymize`, or the calling AE and peer address. */
   source: string;

@@ -36,6 +36,9 @@ export interface ImageEvent {
   /** For quarantined and failed images: the stage and the reason (texts of our own, no data). */
   stage?: string;
   reason?: string;
+  /** Checks that let a stored image through with a note: burned-in-unknown (BurnedInUnknown:
+   * flag), phi-gate-warn (PhiGate: warn). */
+  flags?: string[];
 }
 
 /** A spooled image leaving a forwarding destination. */

@@ -36,6 +36,7 @@ export class RouterMetrics implements NodeObserver {
   private readonly deidSeconds: Histogram<'study'>;
   private readonly storeSeconds: Histogram<'study'>;
   private readonly reloads: Counter<'result'>;
+  private readonly flagged: Counter<'station' | 'study' | 'check'>;
 
   constructor(destinations: () => DestinationView[]) {
     const registers = [this.registry];
@@ -45,7 +46,7 @@ export class RouterMetrics implements NodeObserver {
     this.associations = new Counter({ name: `${PREFIX}associations_total`, help: 'Associations ended, by calling AE title and result (released, rejected, aborted-by-peer, aborted, error, timeout, closed)', labelNames: ['calling_ae', 'result'], registers });
     this.received = new Counter({ name: `${PREFIX}images_received_total`, help: 'C-STORE requests received, by station and study (unknown: unreadable before identification)', labelNames: ['station', 'study'], registers });
     this.stored = new Counter({ name: `${PREFIX}images_stored_total`, help: 'Images de-identified and durably delivered (written or spooled) before Success was answered', labelNames: ['station', 'study'], registers });
-    this.quarantined = new Counter({ name: `${PREFIX}images_quarantined_total`, help: 'Images kept aside untouched in the quarantine, by stage (read, identify, deidentify, deliver)', labelNames: ['station', 'study', 'stage'], registers });
+    this.quarantined = new Counter({ name: `${PREFIX}images_quarantined_total`, help: 'Images kept aside untouched in the quarantine, by stage (read, identify, deidentify, phi-gate, burned-in, deliver)', labelNames: ['station', 'study', 'stage'], registers });
     this.failed = new Counter({ name: `${PREFIX}images_failed_total`, help: 'C-STORE requests answered with a failure status, by DIMSE status', labelNames: ['station', 'study', 'status'], registers });
     this.forwardedImages = new Counter({ name: `${PREFIX}images_forwarded_total`, help: 'Spooled images the research PACS answered Success or a warning for', labelNames: ['destination'], registers });
     this.deadLettered = new Counter({ name: `${PREFIX}images_dead_lettered_total`, help: 'Spooled images given up on and moved to the dead letters', labelNames: ['destination'], registers });
@@ -59,6 +60,7 @@ export class RouterMetrics implements NodeObserver {
       name: `${PREFIX}store_seconds`, help: 'Durable write or spooling of one image to all its destinations', labelNames: ['study'], registers,
       buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
     });
+    this.flagged = new Counter({ name: `${PREFIX}images_flagged_total`, help: 'Images stored with a note from a check: burned-in-unknown (BurnedInUnknown: flag), phi-gate-warn (PhiGate: warn)', labelNames: ['station', 'study', 'check'], registers });
     this.reloads = new Counter({ name: `${PREFIX}config_reloads_total`, help: 'SIGHUP reloads, by result (applied, refused)', labelNames: ['result'], registers });
 
     // Read from the node at scrape time.
@@ -101,6 +103,7 @@ export class RouterMetrics implements NodeObserver {
     if (i.status !== 0) this.failed.inc({ ...where, status: statusHex(i.status) });
     if (i.deidentifySeconds !== undefined) this.deidSeconds.observe({ study: i.study }, i.deidentifySeconds);
     if (i.storeSeconds !== undefined) this.storeSeconds.observe({ study: i.study }, i.storeSeconds);
+    if (i.flags) for (const check of i.flags) this.flagged.inc({ ...where, check });
   }
 
   forwarded(f: ForwardEvent): void {
