@@ -127,7 +127,7 @@ test('Basic Profile output of random datasets holds no planted marker, is read b
       const extra = build(t, counter, 0);
       if (junkGroups) {
         // Group 0002 copies and command elements inside the dataset.
-        extra.unshift(s(0x00020016, 'AE', `${TEXT}AE`), s(0x00020100, 'UI', `${UID_ROOT}.99`));
+        extra.unshift(s(0x00000902, 'LO', `${TEXT}CMD`), s(0x00020016, 'AE', `${TEXT}AE`), s(0x00020100, 'UI', `${UID_ROOT}.99`));
       }
       const pixels = Buffer.from(pixelBytes.length % 2 ? [...pixelBytes, 0] : pixelBytes);
       const els = ctElements(extra).map((e) => (e.tag === 0x7fe00010 ? s(0x7fe00010, 'OW', pixels) : e));
