@@ -6,7 +6,8 @@ import { join, resolve } from 'path';
 import { loadConfig } from './config/load';
 import { resolveSalt, saltPath } from './config/salt';
 import type { OutputTag } from './commands/anonymize';
-import { ConfigError, RouterConfig } from './config/types';
+import { ConfigError, DestinationConfig, RouterConfig } from './config/types';
+import { displayUrl } from './deliver/dicomweb-url';
 import { createLogger, lazyLogger } from './observe/logger';
 import { formatTag, lookupTag } from './dicom/dictionary';
 
@@ -51,6 +52,12 @@ function load(configPath: string | undefined): RouterConfig {
   return loadConfig(configPath);
 }
 
+function describeDestination(d: DestinationConfig): string {
+  if (d.type === 'folder') return `folder ${d.path}`;
+  if (d.type === 'dicom') return `DICOM ${d.aeTitle}@${d.host}:${d.port} as ${d.callingAeTitle}${d.tls ? ' over TLS' : ''}`;
+  return `DICOMweb STOW-RS ${displayUrl(d.url)}${d.auth ? (d.auth.bearer ? ', bearer token' : ', basic auth') : ''}, ${d.maxConnections} connection${d.maxConnections === 1 ? '' : 's'}`;
+}
+
 function describeConfig(c: RouterConfig): string {
   const lines: string[] = [];
   lines.push(`configuration: ${c.sources.join(', ')}`);
@@ -60,7 +67,7 @@ function describeConfig(c: RouterConfig): string {
   lines.push(`state directory: ${c.stateDir}; unknown studies: ${c.unknownStudy === 'quarantine' ? 'quarantined' : 'Supplement142'}`);
   lines.push('destinations:');
   for (const d of c.destinations.values()) {
-    lines.push(`  ${d.name}${d.name === c.defaultDestination ? ' (default)' : ''}: ${d.type === 'folder' ? `folder ${d.path}` : `DICOM ${d.aeTitle}@${d.host}:${d.port} as ${d.callingAeTitle}`}`);
+    lines.push(`  ${d.name}${d.name === c.defaultDestination ? ' (default)' : ''}: ${describeDestination(d)}`);
   }
   lines.push('stations:');
   for (const s of c.stations.values()) {

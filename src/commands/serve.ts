@@ -4,7 +4,7 @@
 import { accessSync, constants as fsConstants, mkdirSync, statSync } from 'fs';
 import { dirname, join } from 'path';
 import type { Logger } from 'pino';
-import { ConfigError, type DicomDestinationConfig, type RouterConfig } from '../config/types';
+import { ConfigError, type DicomDestinationConfig, type DicomwebDestinationConfig, type RouterConfig, type TlsClientConfig } from '../config/types';
 import { DeidPipeline, ImageRejected, RoutedImage, Status } from '../pipeline';
 import { startStorageScp, silenceDimseLibraries, StoreRequest, RunningScp } from '../receive';
 import { DurableWriter } from '../deliver/durable-writer';
@@ -14,8 +14,10 @@ import { ForwardQueue, Spool } from '../deliver/forwarder';
 import { part10FromRawDataset } from '../dicom/write';
 import { IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME } from '../dicom/uids';
 import { statusHex } from '../deliver/spool';
+import { StowQueue } from '../deliver/dicomweb';
+import { displayUrl } from '../deliver/dicomweb-url';
 import { errorCode, errorMessage } from '../observe/errors';
-import { fanOut, type DestinationView, type ReloadEvent } from '../observe/events';
+import { fanOut, type DestinationView, type ForwardEvent, type ReloadEvent } from '../observe/events';
 import { RouterMetrics } from '../observe/metrics';
 import { RecentActivity, renderStatusPage, type StatusView } from '../observe/status-page';
 import { startHttpFace, type Readiness, type RunningHttpFace } from '../observe/http';
@@ -23,7 +25,7 @@ import { buildInfo } from '../observe/build-info';
 import { LinkageLogs } from '../deliver/linkage';
 import { describeHits } from '../deid/phi-gate';
 
-interface ForwardTarget { dest: DicomDestinationConfig; spool: Spool; queue: ForwardQueue }
+interface ForwardTarget { dest: DicomDestinationConfig | DicomwebDestinationConfig; spool: Spool; queue: ForwardQueue | StowQueue }
 
 /** What the images are routed by; replaced whole by a reload, while each image keeps the one it
  * started with. */
@@ -46,7 +48,7 @@ export interface RunningNode {
   stop(): Promise<void>;
 }
 
-const sameDicom = (a: DicomDestinationConfig, b: DicomDestinationConfig): boolean => JSON.stringify(a) === JSON.stringify(b);
+const sameDicom = (a: ForwardTarget['dest'], b: ForwardTarget['dest']): boolean => JSON.stringify(a) === JSON.stringify(b);
 
 export async function startNode(c: RouterConfig, salt: string, logger: Logger): Promise<RunningNode> {
   silenceDimseLibraries(logger);
@@ -66,18 +68,21 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
   const activity = new RecentActivity();
   const observe = fanOut(metrics, activity);
 
-  async function openForward(d: DicomDestinationConfig): Promise<ForwardTarget> {
+  async function openForward(d: DicomDestinationConfig | DicomwebDestinationConfig): Promise<ForwardTarget> {
     const spool = new Spool(c.stateDir, d.name);
     await spool.init();
     spool.writer = writer;
+    const onOutcome = (e: Omit<ForwardEvent, 'destination'>) => observe.forwarded({ ...e, destination: d.name });
+    if (d.type === 'dicomweb') {
+      return { dest: d, spool, queue: new StowQueue({ destination: { ...d, tls: tlsFiles(d.tls) }, spool, logger, onOutcome }) };
+    }
     const queue = new ForwardQueue({
       destination: {
         name: d.name, aeTitle: d.aeTitle, host: d.host, port: d.port, callingAeTitle: d.callingAeTitle,
         maxAssociations: d.maxAssociations,
-        tls: d.tls ? { caFile: d.tls.ca, certFile: d.tls.cert, keyFile: d.tls.key, rejectUnauthorized: d.tls.rejectUnauthorized } : undefined,
+        tls: tlsFiles(d.tls),
       },
-      spool, logger,
-      onOutcome: (e) => observe.forwarded({ ...e, destination: d.name }),
+      spool, logger, onOutcome,
     });
     return { dest: d, spool, queue };
   }
@@ -338,12 +343,17 @@ function viewDestinations(rt: Routing): DestinationView[] {
       const f = rt.forwards.get(d.name);
       const s = f?.queue.stats();
       out.push({
-        name: d.name, type: 'dicom', target: `${d.aeTitle}@${d.host}:${d.port}`, state: f?.queue.destinationState ?? 'unknown',
+        name: d.name, type: d.type, target: d.type === 'dicom' ? `${d.aeTitle}@${d.host}:${d.port}` : displayUrl(d.url), state: f?.queue.destinationState ?? 'unknown',
         backlog: s?.backlog ?? 0, oldestAgeSeconds: (s?.oldestAgeMs ?? 0) / 1000, inFlight: s?.inFlight ?? 0, deadLetters: s?.deadLetters ?? 0,
       });
     }
   }
   return out;
+}
+
+/** A destination's TLS files as the senders take them. */
+function tlsFiles(t: TlsClientConfig | undefined) {
+  return t ? { caFile: t.ca, certFile: t.cert, keyFile: t.key, rejectUnauthorized: t.rejectUnauthorized } : undefined;
 }
 
 function outOfResources(e: unknown): boolean {

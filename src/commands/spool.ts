@@ -3,6 +3,7 @@
 // next scan of the spool folder).
 import type { RouterConfig } from '../config/types';
 import { Spool } from '../deliver/spool';
+import { displayUrl } from '../deliver/dicomweb-url';
 
 function age(ms: number): string {
   const s = Math.round(ms / 1000);
@@ -17,9 +18,9 @@ export async function runSpool(c: RouterConfig, sub: string | undefined, out: No
     process.stderr.write(`dicom-deid-router: spool: unknown subcommand "${sub}" (list, retry)\n`);
     return 2;
   }
-  const dicom = [...c.destinations.values()].filter((d) => d.type === 'dicom');
+  const dicom = [...c.destinations.values()].filter((d) => d.type !== 'folder');
   if (!dicom.length) {
-    out.write('no DICOM destinations configured: nothing is spooled\n');
+    out.write('no DICOM or DICOMweb destinations configured: nothing is spooled\n');
     return 0;
   }
   for (const d of dicom) {
@@ -31,7 +32,8 @@ export async function runSpool(c: RouterConfig, sub: string | undefined, out: No
     }
     const b = await spool.backlog();
     const dead = await spool.listDeadLetters();
-    out.write(`${d.name} (${d.aeTitle}@${d.host}:${d.port}): backlog ${b.count} image${b.count === 1 ? '' : 's'}, ${(b.bytes / 1e6).toFixed(1)} MB` +
+    const where = d.type === 'dicom' ? `${d.aeTitle}@${d.host}:${d.port}` : d.type === 'dicomweb' ? `STOW-RS ${displayUrl(d.url)}` : '';
+    out.write(`${d.name} (${where}): backlog ${b.count} image${b.count === 1 ? '' : 's'}, ${(b.bytes / 1e6).toFixed(1)} MB` +
       `${b.count ? `, oldest ${age(b.oldestAgeMs)}` : ''}; dead letters ${dead.length}\n`);
     for (const x of dead) {
       const r = x.reason;

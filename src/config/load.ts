@@ -1,7 +1,7 @@
 // Loads configuration from a YAML file, or from a directory holding router.yaml and/or the
 // original script's stations.json + studies.json, validates it with located messages and
 // resolves it to typed objects.
-import { existsSync, readFileSync, statSync } from 'fs';
+import { accessSync, constants as fsConstants, existsSync, readFileSync, statSync } from 'fs';
 import { join, resolve, basename } from 'path';
 import { closestWords, lookupTag, parseTagRef, suggestKeywords, isPrivateTag } from '../dicom/dictionary';
 import { checkValue } from '../dicom/values';
@@ -12,6 +12,7 @@ import {
   PrivateKeep, RouterConfig, StationConfig, StudyConfig, HttpConfig, PHI_GATE_MODES, BURNED_IN_POLICIES, BURNED_IN_UNKNOWN_POLICIES,
 } from './types';
 import type { ProfileOptionName } from '../deid/profile.generated';
+import type { DicomwebDestinationConfig, TlsClientConfig, TlsServerConfig } from './types';
 
 type Raw = Record<string, unknown>;
 
@@ -508,21 +509,114 @@ function parseDestinations(v: unknown, where: string, p: Problems): Map<string, 
         ok('port', typeof d.port === 'number' && Number.isInteger(d.port) && d.port > 0 && d.port < 65536, 'must be a port number'),
         ok('callingAeTitle', d.callingAeTitle === undefined || (typeof d.callingAeTitle === 'string' && d.callingAeTitle.length <= 16), 'must be 1 to 16 characters'),
         ok('maxAssociations', d.maxAssociations === undefined || (Number.isInteger(d.maxAssociations) && (d.maxAssociations as number) >= 1), 'must be a positive integer'),
-        ok('tls', d.tls === undefined || isObj(d.tls), 'must be a mapping with ca, cert, key, rejectUnauthorized'),
       ].every(Boolean);
+      const tls = parseTls(d.tls, `${w}.tls`, 'client', p);
       if (good) {
         out.set(name, {
           type: 'dicom', name, aeTitle: (d.aeTitle as string).trim(), host: d.host as string, port: d.port as number,
           callingAeTitle: ((d.callingAeTitle as string | undefined) ?? 'DEID_ROUTER').trim(),
           maxAssociations: (d.maxAssociations as number | undefined) ?? 2,
-          tls: d.tls as DestinationConfig extends { tls?: infer T } ? T : never,
+          tls,
         });
       }
+    } else if (d.type === 'dicomweb') {
+      const dw = parseDicomweb(name, d, w, p);
+      if (dw) out.set(name, dw);
     } else {
-      p.add(`${w}.type`, `"${String(d.type)}" is not one of folder, dicom`);
+      p.add(`${w}.type`, `"${String(d.type)}" is not one of folder, dicom, dicomweb`);
     }
   });
   return out;
+}
+
+const CLIENT_TLS_KEYS = ['ca', 'cert', 'key', 'rejectUnauthorized'];
+const SERVER_TLS_KEYS = ['cert', 'key', 'ca', 'requireClientCert'];
+
+/** A PEM file named by a config key: must be a readable file (its contents are never echoed). */
+function pemFile(v: unknown, where: string, p: Problems): string | undefined {
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string' || !v) {
+    p.add(where, 'must be the path of a PEM file');
+    return undefined;
+  }
+  const file = resolve(v);
+  try {
+    if (!statSync(file).isFile()) p.add(where, `${v} is not a file`);
+    else accessSync(file, fsConstants.R_OK);
+  } catch (e) {
+    p.add(where, `cannot read ${v}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  return file;
+}
+
+/**
+ * `tls:` of a destination (client: ca, cert, key, rejectUnauthorized) or of a listening endpoint (server:
+ * cert and key required, ca, requireClientCert).
+ */
+function parseTls(v: unknown, where: string, side: 'client', p: Problems): TlsClientConfig | undefined;
+function parseTls(v: unknown, where: string, side: 'server', p: Problems): TlsServerConfig | undefined;
+function parseTls(v: unknown, where: string, side: 'client' | 'server', p: Problems): TlsClientConfig | TlsServerConfig | undefined {
+  if (v === undefined || v === null) return undefined;
+  const keys = side === 'client' ? CLIENT_TLS_KEYS : SERVER_TLS_KEYS;
+  if (!isObj(v)) {
+    p.add(where, `must be a mapping with ${keys.join(', ')}`);
+    return undefined;
+  }
+  checkKeys(v, keys, where, p);
+  const ca = pemFile(v.ca, `${where}.ca`, p);
+  const cert = pemFile(v.cert, `${where}.cert`, p);
+  const key = pemFile(v.key, `${where}.key`, p);
+  if ((cert === undefined) !== (key === undefined) || (side === 'server' && cert === undefined)) {
+    p.add(where, side === 'server' ? 'needs cert and key (PEM files)' : 'cert and key go together (a client certificate needs its key)');
+  }
+  const flag = side === 'client' ? 'rejectUnauthorized' : 'requireClientCert';
+  const b = v[flag];
+  if (b !== undefined && typeof b !== 'boolean') p.add(`${where}.${flag}`, 'must be true or false');
+  if (side === 'client') return { ca, cert, key, rejectUnauthorized: b === false ? false : undefined };
+  if (b === true && ca === undefined) p.add(`${where}.requireClientCert`, 'needs ca: the CA that signs the client certificates');
+  return { ca, cert: cert ?? '', key: key ?? '', requireClientCert: b === true };
+}
+
+function parseDicomweb(name: string, d: Raw, w: string, p: Problems): DestinationConfig | undefined {
+  checkKeys(d, ['type', 'url', 'auth', 'tls', 'maxConnections'], w, p);
+  let url: URL | undefined;
+  if (typeof d.url !== 'string') p.add(`${w}.url`, 'must be the DICOMweb base URL, e.g. http://pacs:8042/dicom-web');
+  else {
+    try {
+      url = new URL(d.url);
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') p.add(`${w}.url`, `must be http:// or https://, not ${url.protocol}`);
+      if (url.username || url.password) p.add(`${w}.url`, 'must not carry credentials; use auth: { basic: { username, password } }');
+    } catch {
+      p.add(`${w}.url`, 'is not a valid URL (e.g. http://pacs:8042/dicom-web)');
+    }
+  }
+  let auth: DicomwebDestinationConfig['auth'];
+  if (d.auth !== undefined) {
+    const a = d.auth;
+    if (!isObj(a) || Object.keys(a).filter((k) => !isCommentKey(k)).length !== 1) p.add(`${w}.auth`, 'must be { bearer: TOKEN } or { basic: { username, password } }');
+    else {
+      checkKeys(a, ['bearer', 'basic'], `${w}.auth`, p);
+      if (a.bearer !== undefined) {
+        if (typeof a.bearer !== 'string' || !a.bearer) p.add(`${w}.auth.bearer`, 'must be the token (a non-empty string)');
+        else auth = { bearer: a.bearer };
+      } else if (a.basic !== undefined) {
+        const b = a.basic;
+        if (!isObj(b)) p.add(`${w}.auth.basic`, 'must be { username, password }');
+        else {
+          checkKeys(b, ['username', 'password'], `${w}.auth.basic`, p);
+          if (typeof b.username !== 'string' || !b.username || b.username.includes(':')) p.add(`${w}.auth.basic.username`, 'must be a non-empty string without ":"');
+          if (typeof b.password !== 'string') p.add(`${w}.auth.basic.password`, 'must be a string');
+          if (typeof b.username === 'string' && typeof b.password === 'string') auth = { basic: { username: b.username, password: b.password } };
+        }
+      }
+    }
+  }
+  const tls = parseTls(d.tls, `${w}.tls`, 'client', p);
+  if (tls && url && url.protocol !== 'https:') p.add(`${w}.tls`, 'applies to https:// URLs only');
+  const mc = d.maxConnections ?? 2;
+  if (typeof mc !== 'number' || !Number.isInteger(mc) || mc < 1 || mc > 64) p.add(`${w}.maxConnections`, 'must be an integer from 1 to 64');
+  if (!url) return undefined;
+  return { type: 'dicomweb', name, url: url.toString(), auth, tls, maxConnections: typeof mc === 'number' ? mc : 2 };
 }
 
 export { DEFAULT_STUDY };

@@ -73,9 +73,22 @@ export interface DicomDestinationConfig {
   port: number;
   callingAeTitle: string;
   maxAssociations: number;
-  tls?: { ca?: string; cert?: string; key?: string; rejectUnauthorized?: boolean };
+  tls?: TlsClientConfig;
 }
-export type DestinationConfig = FolderDestinationConfig | DicomDestinationConfig;
+/** PEM file paths (resolved) of a TLS client: a destination. */
+export interface TlsClientConfig { ca?: string; cert?: string; key?: string; rejectUnauthorized?: boolean }
+/** PEM file paths (resolved) of a TLS listening endpoint. */
+export interface TlsServerConfig { cert: string; key: string; ca?: string; requireClientCert: boolean }
+export interface DicomwebDestinationConfig {
+  type: 'dicomweb';
+  name: string;
+  /** DICOMweb base URL; STOW-RS goes to <url>/studies. */
+  url: string;
+  auth?: { bearer?: string; basic?: { username: string; password: string } };
+  tls?: TlsClientConfig;
+  maxConnections: number;
+}
+export type DestinationConfig = FolderDestinationConfig | DicomDestinationConfig | DicomwebDestinationConfig;
 
 export interface ListenConfig { aeTitle: string; host: string; port: number; allowUnknownCallers: boolean }
 

@@ -630,7 +630,7 @@ function contextsFor(items: OpenedItem[]): PresentationContextProposal[] {
   return out;
 }
 
-function loadTls(t: NonNullable<DicomDestination['tls']>): TlsOptions {
+export function loadTls(t: NonNullable<DicomDestination['tls']>): TlsOptions {
   return {
     ca: t.caFile ? fs.readFileSync(t.caFile) : undefined,
     cert: t.certFile ? fs.readFileSync(t.certFile) : undefined,

@@ -68,8 +68,8 @@ export interface NodeObserver {
 /** The state of one destination now (pulled when metrics are scraped or the page is drawn). */
 export interface DestinationView {
   name: string;
-  type: 'folder' | 'dicom';
-  /** folder: its path; dicom: AE@host:port */
+  type: 'folder' | 'dicom' | 'dicomweb';
+  /** folder: its path; dicom: AE@host:port; dicomweb: the base URL without credentials */
   target: string;
   /** folder: writable or not; dicom: the forwarder's view (unknown before the first association). */
   state: 'up' | 'down' | 'unknown';

@@ -75,10 +75,10 @@ export class RouterMetrics implements NodeObserver {
           }
         },
       });
-    perDestination(`${PREFIX}spool_backlog_images`, 'Images waiting in the forwarding spool', (d) => (d.type === 'dicom' ? d.backlog : undefined));
-    perDestination(`${PREFIX}spool_oldest_age_seconds`, 'Age of the oldest image in the forwarding spool (0 when empty)', (d) => (d.type === 'dicom' ? d.oldestAgeSeconds : undefined));
-    perDestination(`${PREFIX}spool_in_flight_images`, 'Spooled images being sent now', (d) => (d.type === 'dicom' ? d.inFlight : undefined));
-    perDestination(`${PREFIX}spool_dead_letters`, 'Images in the dead letters of the destination (spool retry re-queues them)', (d) => (d.type === 'dicom' ? d.deadLetters : undefined));
+    perDestination(`${PREFIX}spool_backlog_images`, 'Images waiting in the forwarding spool', (d) => (d.type !== 'folder' ? d.backlog : undefined));
+    perDestination(`${PREFIX}spool_oldest_age_seconds`, 'Age of the oldest image in the forwarding spool (0 when empty)', (d) => (d.type !== 'folder' ? d.oldestAgeSeconds : undefined));
+    perDestination(`${PREFIX}spool_in_flight_images`, 'Spooled images being sent now', (d) => (d.type !== 'folder' ? d.inFlight : undefined));
+    perDestination(`${PREFIX}spool_dead_letters`, 'Images in the dead letters of the destination (spool retry re-queues them)', (d) => (d.type !== 'folder' ? d.deadLetters : undefined));
     new Gauge({
       name: `${PREFIX}destination_up`, help: '1 when the destination works (folder writable; PACS accepted the last association), 0 when it does not', labelNames: ['destination', 'type'], registers,
       collect() {

@@ -107,7 +107,7 @@ ${figure('associations', 'associations', t.associations)}
 </div>
 <h2>Destinations</h2>
 ${table('destinations', ['destination', 'type', 'target', 'state', 'backlog', 'oldest', 'in flight', 'dead letters'],
-    v.destinations.map((d) => [d.name, d.type, d.target, d.state, d.type === 'dicom' ? d.backlog : '', d.type === 'dicom' && d.backlog ? duration(d.oldestAgeSeconds) : '', d.type === 'dicom' ? d.inFlight : '', d.type === 'dicom' ? d.deadLetters : '']),
+    v.destinations.map((d) => [d.name, d.type, d.target, d.state, d.type !== 'folder' ? d.backlog : '', d.type !== 'folder' && d.backlog ? duration(d.oldestAgeSeconds) : '', d.type !== 'folder' ? d.inFlight : '', d.type !== 'folder' ? d.deadLetters : '']),
     'no destinations')}
 <h2>By station and study</h2>
 ${table('studies', ['station', 'study', 'received', 'stored', 'quarantined', 'failed'], t.byStudy.map((s) => [s.station, s.study, s.received, s.stored, s.quarantined, s.failed]), 'nothing received yet')}

@@ -88,35 +88,54 @@ export async function startStorescp(opts: { dir: string; port?: number; aeTitle?
   return { port, pid: child.pid, stop: () => stopChild(child) };
 }
 
-function httpGetJson(port: number, p: string): Promise<unknown> {
+function httpRequest(port: number, p: string, body?: unknown, timeoutMs = 5000): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const req = http.get({ host: '127.0.0.1', port, path: p, timeout: 5000 }, (res) => {
+    const data = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    const req = http.request({ host: '127.0.0.1', port, path: p, method: data ? 'POST' : 'GET', timeout: timeoutMs }, (res) => {
       const chunks: Buffer[] = [];
       res.on('data', (c: Buffer) => chunks.push(c));
       res.on('end', () => {
-        if (res.statusCode !== 200) return reject(new Error(`HTTP ${res.statusCode} for ${p}`));
-        try {
-          resolve(JSON.parse(Buffer.concat(chunks).toString('utf8')));
-        } catch (e) {
-          reject(e);
-        }
+        const all = Buffer.concat(chunks);
+        if (res.statusCode !== 200) return reject(new Error(`HTTP ${res.statusCode} for ${p}: ${all.toString('utf8').slice(0, 500)}`));
+        resolve(all);
       });
     });
     req.on('error', reject);
     req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.end(data);
   });
 }
+
+async function httpGetJson(port: number, p: string): Promise<unknown> {
+  return JSON.parse((await httpRequest(port, p)).toString('utf8'));
+}
+
+/** Where Debian's orthanc-dicomweb package puts the plugin. */
+export const ORTHANC_DICOMWEB_PLUGIN = '/usr/share/orthanc/plugins/libOrthancDicomWeb.so';
 
 export interface OrthancPeer extends Peer {
   httpPort: number;
   aeTitle: string;
   get(p: string): Promise<unknown>;
+  getBinary(p: string): Promise<Buffer>;
+  /** POST a JSON body to the REST API; resolves to the parsed answer. */
+  post(p: string, body: unknown): Promise<unknown>;
 }
 
 /** Orthanc with its own config: temp storage, free ports, REST on loopback only, no auth. */
-export async function startOrthanc(opts: { dir: string; aeTitle?: string }): Promise<OrthancPeer> {
-  const port = await freePort();
-  const httpPort = await freePort();
+export async function startOrthanc(opts: {
+  dir: string;
+  aeTitle?: string;
+  /** Fixed ports (to restart an Orthanc on the same storage); default free ones. */
+  port?: number;
+  httpPort?: number;
+  /** Load the Debian orthanc-dicomweb plugin (DICOMweb under /dicom-web/). */
+  dicomweb?: boolean;
+  /** Merged into the configuration (e.g. DicomModalities). */
+  extraConfig?: Record<string, unknown>;
+}): Promise<OrthancPeer> {
+  const port = opts.port ?? (await freePort());
+  const httpPort = opts.httpPort ?? (await freePort());
   const aeTitle = opts.aeTitle ?? 'ORTHANCTEST';
   const storage = path.join(opts.dir, 'storage');
   await fsp.mkdir(storage, { recursive: true });
@@ -137,6 +156,8 @@ export async function startOrthanc(opts: { dir: string; aeTitle?: string }): Pro
     StableAge: 1,
     ConcurrentJobs: 1,
     DicomScpTimeout: 30,
+    ...(opts.dicomweb ? { Plugins: [ORTHANC_DICOMWEB_PLUGIN], DicomWeb: { Enable: true, Root: '/dicom-web/' } } : {}),
+    ...opts.extraConfig,
   };
   const cfgPath = path.join(opts.dir, 'orthanc.json');
   await fsp.writeFile(cfgPath, JSON.stringify(config, null, 2));
@@ -152,7 +173,9 @@ export async function startOrthanc(opts: { dir: string; aeTitle?: string }): Pro
       return false;
     }
   }, 30000, 'Orthanc to start');
-  return { port, httpPort, aeTitle, pid: child.pid, stop: () => stopChild(child), get: (p) => httpGetJson(httpPort, p) };
+  return { port, httpPort, aeTitle, pid: child.pid, stop: () => stopChild(child), get: (p) => httpGetJson(httpPort, p),
+    getBinary: (p) => httpRequest(httpPort, p),
+    post: async (p, body) => JSON.parse((await httpRequest(httpPort, p, body, 120_000)).toString('utf8')) };
 }
 
 export interface RefusingScp extends Peer {

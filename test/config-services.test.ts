@@ -1,0 +1,62 @@
+// Configuration of the network services of issue 11: DICOMweb destinations, several (TLS) listening
+// endpoints, storage commitment. Every key is checked with a located message.
+import { test, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync } from 'fs';
+import { tmpdir } from 'os';
+import { join } from 'path';
+import { spawnSync } from 'child_process';
+import { loadConfig } from '../src/config/load';
+import { ConfigError } from '../src/config/types';
+
+function routerYaml(text: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'deid-config-svc-'));
+  writeFileSync(join(dir, 'router.yaml'), text);
+  return dir;
+}
+
+function problems(dir: string): string[] {
+  try {
+    loadConfig(dir, {});
+  } catch (e) {
+    if (e instanceof ConfigError) return e.problems;
+    throw e;
+  }
+  return [];
+}
+
+describe('dicomweb destinations', () => {
+  test('a valid one resolves with its defaults; check-config describes it without credentials', () => {
+    const dir = routerYaml('destinations:\n  web: { type: dicomweb, url: "http://127.0.0.1:8042/dicom-web", auth: { basic: { username: u, password: s3cret } } }\n');
+    const c = loadConfig(dir, {});
+    const d = c.destinations.get('web');
+    assert.deepEqual(d, { type: 'dicomweb', name: 'web', url: 'http://127.0.0.1:8042/dicom-web', auth: { basic: { username: 'u', password: 's3cret' } }, tls: undefined, maxConnections: 2 });
+    const r = spawnSync(process.execPath, ['dist/cli.js', 'check-config', '--config', dir], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /web \(default\): DICOMweb STOW-RS http:\/\/127\.0\.0\.1:8042\/dicom-web, basic auth, 2 connections/);
+    assert.doesNotMatch(r.stdout, /s3cret/);
+  });
+
+  test('every key is checked, with its location', () => {
+    const p = problems(routerYaml([
+      'destinations:',
+      '  a: { type: dicomweb, url: "ftp://x/dicom-web", maxConnections: 0, tls: { ca: /nonexistent/ca.pem, rejectUnauthorised: false } }',
+      '  b: { type: dicomweb, url: "http://user:pw@x/dw", auth: { bearer: "" } }',
+      '  c: { type: dicomweb, url: "not a url", auth: { basic: { username: "a:b" }, bearer: t } }',
+      '  d: { type: dicomweb, auth: { basic: { username: u, password: p, realm: r } } }',
+      '  e: { type: dicomwbe, url: "http://x" }',
+    ].join('\n') + '\n')).join('\n');
+    assert.match(p, /destinations\.a\.url: must be http:\/\/ or https:\/\/, not ftp:/);
+    assert.match(p, /destinations\.a\.maxConnections: must be an integer from 1 to 64/);
+    assert.match(p, /destinations\.a\.tls\.ca: cannot read \/nonexistent\/ca\.pem: ENOENT/);
+    assert.match(p, /destinations\.a\.tls\.rejectUnauthorised: unknown key \(did you mean "rejectUnauthorized"\?\)/);
+    assert.match(p, /destinations\.a\.tls: applies to https:\/\/ URLs only/);
+    assert.match(p, /destinations\.b\.url: must not carry credentials/);
+    assert.match(p, /destinations\.b\.auth\.bearer: must be the token/);
+    assert.match(p, /destinations\.c\.url: is not a valid URL/);
+    assert.match(p, /destinations\.c\.auth: must be \{ bearer: TOKEN \} or \{ basic: \{ username, password \} \}/);
+    assert.match(p, /destinations\.d\.url: must be the DICOMweb base URL/);
+    assert.match(p, /destinations\.d\.auth\.basic\.realm: unknown key/);
+    assert.match(p, /destinations\.e\.type: "dicomwbe" is not one of folder, dicom, dicomweb/);
+  });
+});
