@@ -10,13 +10,13 @@ import YAML from 'yaml';
 import { loadConfig } from '../src/config/load';
 import { DeidPipeline, ImageRejected, Status } from '../src/pipeline';
 import { readPart10 } from '../src/dicom/read';
-import { writePart10 } from '../src/dicom/write';
 import { DicomObject, Element, findElement, makeElement } from '../src/dicom/dataset';
 import { phiGate } from '../src/deid/phi-gate';
 import { deidentify } from '../src/deid/engine';
 import { compilePlan } from '../src/deid/plan';
 import { el, sq, tagOf } from './helpers/build';
 import { CORPUS_CLEAN, CORPUS_PHI, corpusAvailable } from './helpers/corpus';
+import { planted } from './helpers/plant';
 import { PHI_MARKERS } from './helpers/leaks';
 
 const SALT = 'phi-gate-test-salt-4c1d';
@@ -33,14 +33,6 @@ function pipelineWith(studyA: Record<string, unknown>): DeidPipeline {
     studies: { STUDYA: studyA },
   }));
   return new DeidPipeline(loadConfig(join(dir, 'router.yaml'), {}), SALT);
-}
-
-/** A corpus file with elements added or replaced (top level), as bytes. */
-function planted(file: string, extra: Element[]): Buffer {
-  const o = readPart10(readFileSync(file));
-  const byTag = new Map(o.dataset.map((e) => [e.tag, e] as const));
-  for (const e of extra) byTag.set(e.tag, e);
-  return writePart10({ ...o, dataset: [...byTag.values()].sort((a, b) => a.tag - b.tag) });
 }
 
 function rejection(p: DeidPipeline, bytes: Buffer): ImageRejected {
