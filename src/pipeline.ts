@@ -74,7 +74,10 @@ export class DeidPipeline {
   readLimits: ReadLimits = DEFAULT_READ_LIMITS;
   readonly counts: CheckCounts = { phiGateQuarantined: 0, phiGateWarned: 0, burnedInQuarantined: 0, burnedInFlagged: 0 };
 
-  constructor(readonly config: RouterConfig, private readonly salt: string) {}
+  constructor(readonly config: RouterConfig, private readonly salt: string) {
+    const l = config.limits;
+    if (l) this.readLimits = { maxInflatedBytes: l.maxInflatedBytes, maxSequenceDepth: l.maxSequenceDepth };
+  }
 
   planFor(study: StudyConfig): StudyPlan {
     let plan = this.plans.get(study);

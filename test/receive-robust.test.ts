@@ -7,7 +7,8 @@ import { startStorageScp, silenceDimseLibraries } from '../src/receive';
 import type { RunningScp, ScpOptions, StoreRequest } from '../src/receive';
 import { run, haveTool } from './helpers/dcmtk';
 import {
-  PDU, RawPeer, associateRq, VERIFICATION, CT_IMAGE_STORAGE, IMPLICIT_LE, EXPLICIT_LE, ProposedContext,
+  PDU, RawPeer, associateRq, associate, pData, dataPdus, cStoreRq, cEchoRq, cCancelRq, commandSet, commandsIn, statusOf, releaseRq,
+  VERIFICATION, CT_IMAGE_STORAGE, IMPLICIT_LE, EXPLICIT_LE, ProposedContext,
 } from './helpers/pdu';
 
 const HOST = '127.0.0.1';
@@ -112,6 +113,158 @@ describe('receive robustness: malformed requests and handler failures', { skip: 
       assert.equal(peer.pdus()[0].body[1], 2, 'transient');
       await echoOk(scp.port);
       assert.equal(scp.stats().refused['handler-error'], 1);
+    } finally {
+      await scp.close({ graceMs: 2000 });
+    }
+  });
+});
+
+const STORE_CTX: ProposedContext = { id: 3, abstractSyntax: CT_IMAGE_STORAGE, transferSyntaxes: [EXPLICIT_LE] };
+const ECHO_CTX: ProposedContext = { id: 1, abstractSyntax: VERIFICATION, transferSyntaxes: [IMPLICIT_LE] };
+
+/** A small Explicit VR LE dataset: SOP Class/Instance UIDs and an OB blob of `size` bytes. */
+function dataset(sopInstance: string, size: number): Buffer {
+  const ui = (el: number, v: string): Buffer => {
+    const val = Buffer.from(v.length % 2 ? `${v}\0` : v, 'latin1');
+    const h = Buffer.alloc(8);
+    h.writeUInt16LE(0x0008, 0);
+    h.writeUInt16LE(el, 2);
+    h.write('UI', 4, 'latin1');
+    h.writeUInt16LE(val.length, 6);
+    return Buffer.concat([h, val]);
+  };
+  const blobHeader = Buffer.alloc(12);
+  blobHeader.writeUInt16LE(0x0009, 0); // a private group: nobody reads it here
+  blobHeader.writeUInt16LE(0x1010, 2);
+  blobHeader.write('OB', 4, 'latin1');
+  blobHeader.writeUInt32LE(size, 8);
+  return Buffer.concat([ui(0x0016, CT_IMAGE_STORAGE), ui(0x0018, sopInstance), blobHeader, Buffer.alloc(size, 0x5a)]);
+}
+
+async function waitCommands(peer: RawPeer, n: number): Promise<Array<Map<number, Buffer>>> {
+  await peer.until((p) => commandsIn(p.pdus()).length >= n);
+  return commandsIn(peer.pdus());
+}
+
+describe('receive robustness: limits', { skip: skipDcmtk }, () => {
+  it('associations over the total and per-caller limits: A-ASSOCIATE-RJ transient, local limit exceeded; a slot frees on release', async () => {
+    const scp = await startScp({
+      policy: { aeTitle: AE, isKnownCaller: (ae) => ae.startsWith('MODALITY'), allowUnknownCallers: false },
+      limits: { maxAssociations: 2, maxAssociationsPerCaller: 1 },
+    });
+    try {
+      const a = await associate(HOST, scp.port, { called: AE, calling: 'MODALITY1', contexts: [ECHO_CTX] });
+      const refusedSameCaller = new RawPeer(HOST, scp.port);
+      await refusedSameCaller.ready;
+      refusedSameCaller.send(associateRq({ called: AE, calling: 'MODALITY1', contexts: [ECHO_CTX] }));
+      await refusedSameCaller.untilClosed();
+      assert.deepEqual(refusedSameCaller.pdus().map((p) => [...p.body.subarray(1, 4)]), [[2, 3, 2]], 'transient, presentation provider, local limit exceeded');
+      const b = await associate(HOST, scp.port, { called: AE, calling: 'MODALITY2', contexts: [ECHO_CTX] });
+      const refusedTotal = new RawPeer(HOST, scp.port);
+      await refusedTotal.ready;
+      refusedTotal.send(associateRq({ called: AE, calling: 'MODALITY3', contexts: [ECHO_CTX] }));
+      await refusedTotal.untilClosed();
+      assert.deepEqual(refusedTotal.pdus().map((p) => p.type), [PDU.AssociateRj]);
+      a.peer.send(releaseRq());
+      await a.peer.untilClosed();
+      await echoOk(scp.port); // MODALITY1 again, in the freed slot
+      b.peer.destroy();
+      const stats = scp.stats();
+      assert.equal(stats.refused['too-many-associations-per-caller'], 1);
+      assert.equal(stats.refused['too-many-associations'], 1);
+    } finally {
+      await scp.close({ graceMs: 2000 });
+    }
+  });
+
+  it('announces limits.maxPduBytes in the A-ASSOCIATE-AC and aborts on a bigger P-DATA-TF PDU', async () => {
+    const scp = await startScp({ limits: { maxPduBytes: 16384 } });
+    try {
+      const { peer, maxPdu } = await associate(HOST, scp.port, { called: AE, calling: KNOWN, contexts: [ECHO_CTX, STORE_CTX], maxPdu: 1 << 20 });
+      assert.equal(maxPdu, 16384);
+      peer.send(pData(3, cStoreRq(1, CT_IMAGE_STORAGE, '1.2.3.4'), { command: true, last: true }));
+      peer.send(pData(3, dataset('1.2.3.4', 20000), { command: false, last: true }));
+      await peer.untilClosed();
+      assert.equal(peer.pdus().at(-1)?.type, PDU.Abort);
+      assert.equal(scp.stats().refused['pdu-too-large'], 1);
+      await echoOk(scp.port);
+    } finally {
+      await scp.close({ graceMs: 2000 });
+    }
+  });
+
+  it('a C-STORE over limits.maxDatasetBytes is answered 0xA700 without reaching the store handler; the association goes on', async () => {
+    const stored: string[] = [];
+    const scp = await startScp({ limits: { maxDatasetBytes: 100_000 } }, async (req) => {
+      stored.push(req.sopInstanceUid);
+      return 0;
+    });
+    try {
+      const { peer } = await associate(HOST, scp.port, { called: AE, calling: KNOWN, contexts: [ECHO_CTX, STORE_CTX], maxPdu: 16384 });
+      peer.send(pData(3, cStoreRq(7, CT_IMAGE_STORAGE, '1.2.3.7'), { command: true, last: true }));
+      for (const pdu of dataPdus(3, dataset('1.2.3.7', 300_000), 16384)) peer.send(pdu);
+      let cmds = await waitCommands(peer, 1);
+      assert.deepEqual(statusOf(cmds[0]), { status: 0xa700, field: 0x8001, respondingTo: 7 });
+      // The same association stores the next, smaller image.
+      peer.send(pData(3, cStoreRq(8, CT_IMAGE_STORAGE, '1.2.3.8'), { command: true, last: true }));
+      for (const pdu of dataPdus(3, dataset('1.2.3.8', 50_000), 16384)) peer.send(pdu);
+      cmds = await waitCommands(peer, 2);
+      assert.deepEqual(statusOf(cmds[1]), { status: 0, field: 0x8001, respondingTo: 8 });
+      assert.deepEqual(stored, ['1.2.3.8']);
+      assert.equal(scp.stats().refused['dataset-too-large'], 1);
+      peer.send(releaseRq());
+      await peer.untilClosed();
+      assert.equal(peer.pdus().at(-1)?.type, PDU.ReleaseRp);
+    } finally {
+      await scp.close({ graceMs: 2000 });
+    }
+  });
+
+  it('an association busy past limits.associationTimeLimitMs is aborted; an idle one after idleTimeoutMs', async () => {
+    const scp = await startScp({ limits: { associationTimeLimitMs: 800, idleTimeoutMs: 400 } });
+    try {
+      const busy = await associate(HOST, scp.port, { called: AE, calling: KNOWN, contexts: [ECHO_CTX] });
+      let id = 1;
+      const pinger = setInterval(() => busy.peer.send(pData(1, cEchoRq(id++), { command: true, last: true })), 100);
+      await busy.peer.untilClosed(10_000);
+      clearInterval(pinger);
+      assert.ok(commandsIn(busy.peer.pdus()).length >= 3, 'echoes were answered meanwhile');
+      assert.equal(busy.peer.pdus().at(-1)?.type, PDU.Abort);
+      const idle = await associate(HOST, scp.port, { called: AE, calling: KNOWN, contexts: [ECHO_CTX] });
+      await idle.peer.untilClosed(10_000);
+      assert.equal(idle.peer.pdus().at(-1)?.type, PDU.Abort);
+      const stats = scp.stats();
+      assert.equal(stats.refused['association-time-limit'], 1);
+      assert.equal(stats.refused['idle-timeout'], 1);
+    } finally {
+      await scp.close({ graceMs: 2000 });
+    }
+  });
+});
+
+describe('receive robustness: DIMSE commands we do not provide', { skip: skipDcmtk }, () => {
+  it('C-FIND and an unknown command are answered 0x0211; C-CANCEL gets no answer and holds nothing', async () => {
+    const scp = await startScp();
+    try {
+      const { peer } = await associate(HOST, scp.port, { called: AE, calling: KNOWN, contexts: [ECHO_CTX, STORE_CTX] });
+      peer.send(pData(1, commandSet({ sopClass: VERIFICATION, command: 0x0020, messageId: 11, priority: 0, hasDataset: true }), { command: true, last: true }));
+      peer.send(pData(1, Buffer.alloc(64, 1), { command: false, last: true }));
+      let cmds = await waitCommands(peer, 1);
+      assert.deepEqual(statusOf(cmds[0]), { status: 0x0211, field: 0x8020, respondingTo: 11 });
+      peer.send(pData(3, commandSet({ command: 0x0123, messageId: 12, hasDataset: false }), { command: true, last: true }));
+      cmds = await waitCommands(peer, 2);
+      assert.deepEqual(statusOf(cmds[1]), { status: 0x0211, field: 0x8123, respondingTo: 12 });
+      peer.send(pData(1, cCancelRq(11), { command: true, last: true }));
+      peer.send(pData(1, cEchoRq(13), { command: true, last: true }));
+      cmds = await waitCommands(peer, 3);
+      assert.equal(cmds.length, 3, 'nothing answers the C-CANCEL');
+      assert.deepEqual(statusOf(cmds[2]), { status: 0, field: 0x8030, respondingTo: 13 });
+      peer.send(releaseRq());
+      await peer.untilClosed();
+      assert.equal(peer.pdus().at(-1)?.type, PDU.ReleaseRp);
+      const stats = scp.stats();
+      assert.equal(stats.refused['unrecognized-operation'], 2);
+      assert.equal(stats.cancels, 1);
     } finally {
       await scp.close({ graceMs: 2000 });
     }

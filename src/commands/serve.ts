@@ -4,9 +4,9 @@
 import { accessSync, constants as fsConstants, mkdirSync, statSync } from 'fs';
 import { dirname, join } from 'path';
 import type { Logger } from 'pino';
-import { ConfigError, type DicomDestinationConfig, type DicomwebDestinationConfig, type RouterConfig, type TlsClientConfig } from '../config/types';
+import { ConfigError, type DicomDestinationConfig, type DicomwebDestinationConfig, type LimitsConfig, type RouterConfig, type TlsClientConfig } from '../config/types';
 import { DeidPipeline, ImageRejected, RoutedImage, Status } from '../pipeline';
-import { startStorageScp, silenceDimseLibraries, StoreRequest, RunningScp } from '../receive';
+import { startStorageScp, silenceDimseLibraries, StoreRequest, RunningScp, NetworkLimits } from '../receive';
 import { DurableWriter } from '../deliver/durable-writer';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Quarantine, QuarantineReason } from '../deliver/quarantine';
@@ -257,6 +257,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     implementationClassUid: IMPLEMENTATION_CLASS_UID,
     implementationVersionName: IMPLEMENTATION_VERSION_NAME,
     onAssociationEnded: observe.associationEnded,
+    limits: scpLimits(c.limits),
   });
   listening = true;
   logger.info({ aeTitle: c.listen.aeTitle, host: c.listen.host, port: scp.port, destinations: [...c.destinations.keys()], stations: c.stations.size, studies: c.studies.size }, 'listening');
@@ -277,7 +278,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     }
     const notes: string[] = [];
     const restartOnly: Array<[string, unknown, unknown]> = [
-      ['listen', c.listen, next.listen], ['http', c.http, next.http], ['stateDir', c.stateDir, next.stateDir],
+      ['listen', c.listen, next.listen], ['http', c.http, next.http], ['stateDir', c.stateDir, next.stateDir], ['limits (network)', scpLimits(c.limits), scpLimits(next.limits)],
       ['salt', c.salt?.value ?? c.saltFile, next.salt?.value ?? next.saltFile],
     ];
     for (const [key, was, now] of restartOnly) if (JSON.stringify(was) !== JSON.stringify(now)) notes.push(`${key}: changed; takes effect at the next start`);
@@ -311,12 +312,26 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       listening = false;
       await reloading;
       await scp!.close();
+      logger.info({ scp: scp!.stats() }, 'storage SCP counters');
       await Promise.all([...routing.forwards.values()].map((f) => f.queue.stop()));
       await http?.close();
       linkage.close();
       logStageTimings();
       loopDelay.disable();
     },
+  };
+}
+
+/** router.yaml `limits` as the storage SCP takes them. */
+function scpLimits(l: LimitsConfig): Partial<NetworkLimits> {
+  return {
+    maxAssociations: l.maxAssociations,
+    maxAssociationsPerCaller: l.maxAssociationsPerCaller,
+    maxPduBytes: l.maxPduBytes,
+    maxDatasetBytes: l.maxDatasetBytes,
+    idleTimeoutMs: l.idleSeconds * 1000,
+    associationTimeLimitMs: l.associationSeconds * 1000,
+    associationRequestTimeoutMs: l.associationRequestSeconds * 1000,
   };
 }
 

@@ -5,11 +5,13 @@ import { accessSync, constants as fsConstants, existsSync, readFileSync, statSyn
 import { join, resolve, basename } from 'path';
 import { closestWords, lookupTag, parseTagRef, suggestKeywords, isPrivateTag } from '../dicom/dictionary';
 import { checkValue } from '../dicom/values';
+import { DEFAULT_READ_LIMITS } from '../dicom/read';
+import { DEFAULT_NETWORK_LIMITS, MAX_DATASET_BYTES, MAX_PDU_BYTES, MIN_PDU_BYTES } from '../receive/limits';
 import { KNOWN_VRS, isKnownVr } from '../dicom/vr';
 import { PROFILE_OPTION_NAMES } from '../deid/options';
 import {
   ACTION_NAMES, ActionName, ActionSpec, ConfigError, DEFAULT_STUDY, DestinationConfig, OffsetSpec,
-  PrivateKeep, RouterConfig, StationConfig, StudyConfig, HttpConfig, PHI_GATE_MODES, BURNED_IN_POLICIES, BURNED_IN_UNKNOWN_POLICIES,
+  PrivateKeep, RouterConfig, StationConfig, StudyConfig, HttpConfig, PHI_GATE_MODES, BURNED_IN_POLICIES, BURNED_IN_UNKNOWN_POLICIES, LimitsConfig,
 } from './types';
 import type { ProfileOptionName } from '../deid/profile.generated';
 import type { DicomwebDestinationConfig, TlsClientConfig, TlsServerConfig } from './types';
@@ -63,7 +65,7 @@ function readStructured(file: string, p: Problems): Raw | undefined {
   }
 }
 
-const ROUTER_KEYS = new Set(['salt', 'saltFile', 'listen', 'destinations', 'defaultDestination', 'stateDir', 'unknownStudy', 'stations', 'studies', 'logLevel', 'http']);
+const ROUTER_KEYS = new Set(['salt', 'saltFile', 'listen', 'destinations', 'defaultDestination', 'stateDir', 'unknownStudy', 'stations', 'studies', 'logLevel', 'http', 'limits']);
 
 export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): RouterConfig {
   const p = new Problems();
@@ -134,6 +136,7 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
   }
   const listen = parseListen(router.listen, `${routerName}: listen`, p);
   const http = parseHttp(router.http, `${routerName}: http`, env, p);
+  const limits = parseLimits(router.limits, `${routerName}: limits`, p);
   const destinations = parseDestinations(router.destinations, `${routerName}: destinations`, p);
   let defaultDestination = optString(router, 'defaultDestination', routerName, p);
   if (!defaultDestination) {
@@ -153,7 +156,7 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
   }
   if (p.list.length) throw new ConfigError(p.list);
   return {
-    sources, salt, saltFile: saltFile ? resolve(saltFile) : undefined, listen, http, destinations,
+    sources, salt, saltFile: saltFile ? resolve(saltFile) : undefined, listen, http, limits, destinations,
     defaultDestination, stateDir, unknownStudy: unknownStudy as 'default' | 'quarantine', stations, studies,
   };
 }
@@ -620,3 +623,65 @@ function parseDicomweb(name: string, d: Raw, w: string, p: Problems): Destinatio
 }
 
 export { DEFAULT_STUDY };
+
+const SIZE_UNITS: Record<string, number> = { '': 1, B: 1, KB: 1e3, MB: 1e6, GB: 1e9, KIB: 1024, MIB: 1024 ** 2, GIB: 1024 ** 3 };
+
+/** A byte count: an integer, or a string such as "512 MiB" or "1GB". */
+function parseSize(v: unknown): number | undefined {
+  if (typeof v === 'number') return Number.isInteger(v) ? v : undefined;
+  if (typeof v !== 'string') return undefined;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$/i.exec(v);
+  if (!m) return undefined;
+  const unit = SIZE_UNITS[(m[2] ?? '').toUpperCase()];
+  return unit === undefined ? undefined : Math.floor(Number(m[1]) * unit);
+}
+
+/** `limits:` the network and reader bounds; each one not given keeps its safe default. */
+function parseLimits(v: unknown, where: string, p: Problems): LimitsConfig {
+  const d: LimitsConfig = {
+    maxAssociations: DEFAULT_NETWORK_LIMITS.maxAssociations,
+    maxAssociationsPerCaller: DEFAULT_NETWORK_LIMITS.maxAssociationsPerCaller,
+    maxPduBytes: DEFAULT_NETWORK_LIMITS.maxPduBytes,
+    maxDatasetBytes: DEFAULT_NETWORK_LIMITS.maxDatasetBytes,
+    maxInflatedBytes: DEFAULT_READ_LIMITS.maxInflatedBytes,
+    maxSequenceDepth: DEFAULT_READ_LIMITS.maxSequenceDepth,
+    idleSeconds: DEFAULT_NETWORK_LIMITS.idleTimeoutMs / 1000,
+    associationSeconds: DEFAULT_NETWORK_LIMITS.associationTimeLimitMs / 1000,
+    associationRequestSeconds: DEFAULT_NETWORK_LIMITS.associationRequestTimeoutMs / 1000,
+  };
+  if (v === undefined || v === null) return d;
+  if (!isObj(v)) {
+    p.add(where, `must be a mapping of ${Object.keys(d).join(', ')}`);
+    return d;
+  }
+  checkKeys(v, Object.keys(d), where, p);
+  const count = (k: keyof LimitsConfig, min: number, max: number): void => {
+    const x = v[k];
+    if (x === undefined) return;
+    if (typeof x !== 'number' || !Number.isInteger(x) || x < min || x > max) p.add(`${where}.${k}`, `must be an integer from ${min} to ${max}`);
+    else d[k] = x;
+  };
+  const size = (k: keyof LimitsConfig, min: number, max: number): void => {
+    if (v[k] === undefined) return;
+    const x = parseSize(v[k]);
+    if (x === undefined || x < min || x > max) p.add(`${where}.${k}`, `must be a byte count from ${min} to ${max} (an integer, or e.g. "512 MiB")`);
+    else d[k] = x;
+  };
+  const seconds = (k: keyof LimitsConfig, min: number, max: number): void => {
+    const x = v[k];
+    if (x === undefined) return;
+    if (typeof x !== 'number' || !Number.isFinite(x) || x < min || x > max) p.add(`${where}.${k}`, `must be a number of seconds from ${min} to ${max}`);
+    else d[k] = x;
+  };
+  count('maxAssociations', 1, 10_000);
+  count('maxAssociationsPerCaller', 1, 10_000);
+  size('maxPduBytes', MIN_PDU_BYTES, MAX_PDU_BYTES);
+  size('maxDatasetBytes', 1024, MAX_DATASET_BYTES);
+  size('maxInflatedBytes', 1024, MAX_DATASET_BYTES);
+  count('maxSequenceDepth', 1, 1000);
+  seconds('idleSeconds', 1, 86_400);
+  seconds('associationSeconds', 1, 7 * 86_400);
+  seconds('associationRequestSeconds', 1, 3600);
+  if (d.maxAssociationsPerCaller > d.maxAssociations) p.add(`${where}.maxAssociationsPerCaller`, `${d.maxAssociationsPerCaller} is more than maxAssociations (${d.maxAssociations})`);
+  return d;
+}

@@ -95,6 +95,22 @@ export interface ListenConfig { aeTitle: string; host: string; port: number; all
 /** The HTTP face (metrics, health, status page); absent: no HTTP server. */
 export interface HttpConfig { host: string; port: number; token?: string }
 
+/** router.yaml `limits`: every one has a safe default (src/config/load.ts, parseLimits). */
+export interface LimitsConfig {
+  maxAssociations: number;
+  maxAssociationsPerCaller: number;
+  /** Largest P-DATA-TF PDU we accept as SCP, announced in our A-ASSOCIATE-AC. */
+  maxPduBytes: number;
+  maxDatasetBytes: number;
+  /** Reader: a deflated dataset may inflate to at most this. */
+  maxInflatedBytes: number;
+  /** Reader: sequences nested deeper are refused. */
+  maxSequenceDepth: number;
+  idleSeconds: number;
+  associationSeconds: number;
+  associationRequestSeconds: number;
+}
+
 export interface RouterConfig {
   /** Where the configuration came from, for messages. */
   sources: string[];
@@ -102,6 +118,7 @@ export interface RouterConfig {
   saltFile?: string;
   listen: ListenConfig;
   http?: HttpConfig;
+  limits: LimitsConfig;
   destinations: Map<string, DestinationConfig>;
   defaultDestination: string;
   stateDir: string;

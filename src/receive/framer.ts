@@ -5,7 +5,14 @@
 // Here chunks are queued and each PDU is assembled with at most one copy; a PDU that lies inside one chunk is
 // returned as a view without copying.
 
-export class PduFramingError extends Error {}
+export class PduFramingError extends Error {
+  /** too-large: a PDU longer than the limit for its type; malformed: not a DICOM PDU. */
+  constructor(message: string, readonly reason: 'too-large' | 'malformed' = 'malformed') {
+    super(message);
+  }
+}
+
+const P_DATA_TF = 4;
 
 const MIN_PDU_TYPE = 1;
 const MAX_PDU_TYPE = 7;
@@ -16,8 +23,14 @@ export class PduFramer {
   /** Total length (header included) of the PDU being assembled, or -1 while its header is incomplete. */
   private needed = -1;
 
-  /** @param maxPduBytes largest acceptable PDU length field (header excluded) */
-  constructor(private readonly maxPduBytes: number) {}
+  /**
+   * @param maxPduBytes largest acceptable PDU length field (header excluded)
+   * @param maxPDataBytes largest acceptable P-DATA-TF length field, when lower (the max PDU length we announced)
+   */
+  constructor(
+    private readonly maxPduBytes: number,
+    private readonly maxPDataBytes = maxPduBytes,
+  ) {}
 
   /** Feed a socket chunk; calls onPdu for each complete PDU (whole PDU including the 6-byte header), in order. */
   push(chunk: Buffer, onPdu: (pdu: Buffer) => void): void {
@@ -31,7 +44,8 @@ export class PduFramer {
         const type = head[0];
         if (type < MIN_PDU_TYPE || type > MAX_PDU_TYPE) throw new PduFramingError(`unknown PDU type 0x${type.toString(16)}`);
         const length = head.readUInt32BE(2);
-        if (length > this.maxPduBytes) throw new PduFramingError(`PDU length ${length} exceeds limit ${this.maxPduBytes}`);
+        const limit = type === P_DATA_TF ? Math.min(this.maxPduBytes, this.maxPDataBytes) : this.maxPduBytes;
+        if (length > limit) throw new PduFramingError(`PDU of type ${type}, length ${length}, exceeds limit ${limit}`, 'too-large');
         this.needed = length + 6;
       }
       if (this.buffered < this.needed) return;

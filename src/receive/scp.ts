@@ -21,7 +21,9 @@ import {
   requests as dimseRequests,
 } from 'dcmjs-dimse';
 import type { Logger } from 'pino';
-import { encodeCommandPData, encodeCStoreRspCommand } from './dimse';
+import { encodeCommandPData, encodeCStoreRspCommand, encodeResponseCommand } from './dimse';
+import { DimseGuard, GuardStep } from './dimse-guard';
+import { AssociationSlots, DEFAULT_NETWORK_LIMITS, MAX_PDU_BYTES, MIN_PDU_BYTES, NetworkLimits, maxConnections } from './limits';
 import { PduFramer, PduFramingError } from './framer';
 import { checkAssociateRq, associateRjPdu, abortPdu } from './associate-rq';
 import { countRefusal, newScpStats, snapshotStats, RefusalKind, ScpStats } from './stats';
@@ -41,10 +43,9 @@ const { PresentationContextResult, RejectResult, RejectSource, RejectReason, Abo
 export const STATUS_SUCCESS = 0x0000;
 export const STATUS_PROCESSING_FAILURE = 0x0110;
 export const STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122;
+export const STATUS_OUT_OF_RESOURCES = 0xa700;
+export const STATUS_UNRECOGNIZED_OPERATION = 0x0211;
 
-const DEFAULT_MAX_PDU = 262144;
-const DEFAULT_ASSOC_RQ_TIMEOUT_MS = 30_000;
-const DEFAULT_IDLE_TIMEOUT_MS = 300_000;
 const DEFAULT_CLOSE_GRACE_MS = 30_000;
 /** After we end() a socket, destroy it if the peer has not closed within this time. */
 const LINGER_MS = 2_000;
@@ -53,6 +54,9 @@ const CLOSE_QUIET_MS = 200;
 /** Largest non-P-DATA PDU we accept (an A-ASSOCIATE-RQ with 128 contexts and many syntaxes is far smaller). */
 const MAX_CONTROL_PDU = 1 << 20;
 const PDU_ASSOCIATE_RQ = 0x01;
+const PDU_P_DATA_TF = 0x04;
+const PDU_RELEASE_RQ = 0x05;
+const PDU_ABORT = 0x07;
 
 /** A warning (0x0001, 0xB000-0xBFFF) still means the instance was stored. */
 function isStoredStatus(status: number): boolean {
@@ -82,6 +86,12 @@ class RawCollector extends Writable {
     }
     cb();
   }
+  /** Dropped (dataset over the limit): let go of the data at once. */
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.chunks.length = 0;
+    this.length = 0;
+    cb(err);
+  }
   /** One copy: the dataset as a single compact Buffer (PDV values are views into whole PDUs). */
   toBuffer(): Buffer {
     return Buffer.concat(this.chunks, this.length);
@@ -105,6 +115,8 @@ interface ServerState {
   opts: ScpOptions;
   log: Logger;
   maxPdu: number;
+  limits: NetworkLimits;
+  slots: AssociationSlots;
   connections: Set<Connection>;
   closing: boolean;
   nextAssociationId: number;
@@ -120,6 +132,10 @@ interface NetworkInternals {
   lastPduTime?: number;
   timeoutIntervalId?: ReturnType<typeof setInterval>;
   association?: Association;
+  /** The DIMSE message being received, and the streams collecting its command / dataset. */
+  dimse?: unknown;
+  dimseStream?: unknown;
+  dimseStoreStream?: Writable;
 }
 
 class Connection {
@@ -132,6 +148,12 @@ class Connection {
   /** The peer's maximum receive PDU length (0 = unlimited), for our responses. */
   peerMaxPdu = 0;
   associated = false;
+  associatedAt = 0;
+  /** Holds an association slot (released when the connection closes). */
+  holdsSlot = false;
+  /** Set once the association is accepted. */
+  dimseGuard: DimseGuard | undefined;
+  unrecognizedLogged = false;
   result: AssocResult | undefined;
   detail: string | undefined;
   images = 0;
@@ -180,7 +202,8 @@ class Connection {
     this.server.log.warn({ associationId: this.id, callingAe: this.callingAe || undefined, peer: this.peerAddress, refusal: kind, detail, ...fields }, 'association refused or ended by us');
     const rejected = answer !== undefined && answer[0] === 0x03;
     if (rejected) this.server.stats.associationsRejected++;
-    this.setResult(rejected ? 'rejected' : 'aborted', kind);
+    const timedOut = kind === 'idle-timeout' || kind === 'association-time-limit' || kind === 'association-request-timeout';
+    this.setResult(rejected ? 'rejected' : timedOut ? 'timeout' : 'aborted', kind);
     if (answer) {
       if (this.writable) this.socket.write(answer);
       this.endSocket();
@@ -207,6 +230,10 @@ class Connection {
     if (this.lingerTimer) clearTimeout(this.lingerTimer);
     this.setResult('closed');
     this.server.connections.delete(this);
+    if (this.holdsSlot) {
+      this.holdsSlot = false;
+      this.server.slots.release(this.callingAe);
+    }
     const line = {
       associationId: this.id,
       callingAe: this.callingAe || undefined,
@@ -264,30 +291,45 @@ class StorageScp extends Scp {
     if (typeof internals._processPdu === 'function') {
       const processPdu = internals._processPdu.bind(this);
       socket.removeAllListeners('data');
-      const framer = new PduFramer(Math.max(conn.server.maxPdu, MAX_CONTROL_PDU));
+      // Control PDUs (the A-ASSOCIATE-RQ above all) may be larger than the max PDU length, which covers P-DATA.
+      const framer = new PduFramer(Math.max(conn.server.maxPdu, MAX_CONTROL_PDU), conn.server.maxPdu);
+      const pass = (pdu: Buffer): void => {
+        processPdu(pdu).catch((err: unknown) => this.handlerFailed('PDU processing', err));
+      };
       const onPdu = (pdu: Buffer): void => {
         if (conn.result !== undefined) return; // ending: whatever else the peer sends is not acted on
         internals.lastPduTime = conn.lastActivity;
-        if (pdu[0] === PDU_ASSOCIATE_RQ && !conn.associated && this.refuseBadAssociateRq(pdu)) return;
-        processPdu(pdu).catch((err: unknown) => this.handlerFailed('PDU processing', err));
+        const type = pdu[0];
+        if (!conn.associated && type !== PDU_ASSOCIATE_RQ && type !== PDU_ABORT) {
+          conn.refuse('malformed-pdu', `PDU type ${type} before the association`, abortPdu(AbortSource.ServiceProvider, AbortReason.UnexpectedPdu));
+          return;
+        }
+        if (type === PDU_ASSOCIATE_RQ && !conn.associated && this.refuseBadAssociateRq(pdu)) return;
+        if (type === PDU_P_DATA_TF && conn.dimseGuard) {
+          for (const step of conn.dimseGuard.inspect(pdu)) {
+            if (conn.result !== undefined) return;
+            if (step.kind === 'pass') pass(step.pdu);
+            else this.guardAction(step);
+          }
+          return;
+        }
+        if (type === PDU_RELEASE_RQ && conn.dimseGuard?.receivingDataset) {
+          conn.refuse('malformed-pdu', 'A-RELEASE-RQ in the middle of a dataset', abortPdu(AbortSource.ServiceProvider, AbortReason.UnexpectedPdu));
+          return;
+        }
+        pass(pdu);
       };
       socket.on('data', (chunk: Buffer) => {
         conn.lastActivity = Date.now();
         try {
           framer.push(chunk, onPdu);
         } catch (err) {
-          if (!(err instanceof PduFramingError)) throw err;
-          conn.server.log.warn({ associationId: conn.id, peer: conn.peerAddress, err: err.message }, 'bad PDU from peer, aborting');
           socket.removeAllListeners('data');
-          if (conn.associated) {
-            try {
-              this.sendAbort(AbortSource.ServiceProvider, AbortReason.InvalidPduParameter);
-            } catch {
-              /* ignore */
-            }
+          if (!(err instanceof PduFramingError)) {
+            this.handlerFailed('PDU', err);
+            return;
           }
-          conn.setResult('error', err.message);
-          conn.endSocket();
+          conn.refuse(err.reason === 'too-large' ? 'pdu-too-large' : 'malformed-pdu', err.message, abortPdu(AbortSource.ServiceProvider, AbortReason.InvalidPduParameter));
         }
       });
     }
@@ -344,6 +386,54 @@ class StorageScp extends Scp {
     return true;
   }
 
+  /** Carries out what the DimseGuard decided for a P-DATA-TF PDU (see dimse-guard.ts). */
+  private guardAction(step: Exclude<GuardStep, { kind: 'pass' }>): void {
+    const conn = this.conn;
+    const internals = this as unknown as NetworkInternals;
+    const { stats, log } = conn.server;
+    switch (step.kind) {
+      case 'abort':
+        conn.refuse('malformed-pdu', step.why, abortPdu(AbortSource.ServiceProvider, AbortReason.InvalidPduParameter));
+        return;
+      case 'dataset-too-large': {
+        // Forget the C-STORE the library is collecting, and release what it holds now rather than at the end.
+        const stream = internals.dimseStoreStream;
+        internals.dimse = undefined;
+        internals.dimseStream = undefined;
+        internals.dimseStoreStream = undefined;
+        stream?.destroy();
+        countRefusal(stats, 'dataset-too-large');
+        log.warn({ associationId: conn.id, callingAe: conn.callingAe, refusal: 'dataset-too-large', limit: conn.server.limits.maxDatasetBytes }, 'C-STORE dataset over the limit: dropping it, will answer 0xA700');
+        return;
+      }
+      case 'answer-too-large':
+        conn.failed++;
+        stats.storesFailed++;
+        this.sendCommand(step.pcId, encodeCStoreRspCommand({ sopClassUid: step.command.sopClassUid, sopInstanceUid: step.command.sopInstanceUid, messageIdBeingRespondedTo: step.command.messageId, status: STATUS_OUT_OF_RESOURCES }));
+        return;
+      case 'unrecognized':
+        countRefusal(stats, 'unrecognized-operation');
+        if (!conn.unrecognizedLogged) {
+          conn.unrecognizedLogged = true;
+          log.warn({ associationId: conn.id, callingAe: conn.callingAe, refusal: 'unrecognized-operation', commandField: `0x${step.command.field.toString(16).padStart(4, '0')}` }, 'DIMSE operation not provided: answered 0x0211 (logged once per association)');
+        }
+        this.sendCommand(step.pcId, encodeResponseCommand({ commandField: step.command.field | 0x8000, messageIdBeingRespondedTo: step.command.messageId, status: STATUS_UNRECOGNIZED_OPERATION, sopClassUid: step.command.sopClassUid }));
+        return;
+      case 'forget-partial-command':
+        internals.dimseStream = undefined;
+        return;
+      case 'cancel':
+        // PS3.7 9.3.2.3: no response. Our C-STOREs are answered as usual; nothing else can be pending.
+        stats.cancels++;
+        log.debug({ associationId: conn.id, messageIdBeingRespondedTo: step.command.messageId }, 'C-CANCEL received');
+        return;
+    }
+  }
+
+  private sendCommand(pcId: number, command: Buffer): void {
+    if (this.conn.writable) this.conn.socket.write(encodeCommandPData(pcId, command, this.conn.peerMaxPdu));
+  }
+
   override associationRequested(association: Association): void {
     const conn = this.conn;
     const { policy } = conn.server.opts;
@@ -378,6 +468,13 @@ class StorageScp extends Scp {
       reject(RejectResult.Permanent, RejectSource.ServiceUser, RejectReason.CallingAeNotRecognized, 'calling AE not recognized');
       return;
     }
+    const slot = conn.server.slots.acquire(conn.callingAe);
+    if (slot !== 'ok') {
+      const kind = slot === 'total' ? 'too-many-associations' : 'too-many-associations-per-caller';
+      conn.refuse(kind, `${conn.server.slots.open} associations open`, associateRjPdu(RejectResult.Transient, RejectSource.ServiceProviderPresentation, RejectReason.LocalLimitExceeded));
+      return;
+    }
+    conn.holdsSlot = true;
 
     for (const { id } of association.getPresentationContexts()) {
       const ctx = association.getPresentationContext(id);
@@ -421,6 +518,9 @@ class StorageScp extends Scp {
       Implementation.setImplementationVersion(prev.version);
     }
     conn.associated = true;
+    conn.associatedAt = Date.now();
+    const proposed = new Set(association.getPresentationContexts().map((c) => c.id));
+    conn.dimseGuard = new DimseGuard(conn.server.limits.maxDatasetBytes, (pcId) => proposed.has(pcId));
     conn.server.stats.associationsAccepted++;
     conn.lastActivity = Date.now();
   }
@@ -570,17 +670,44 @@ class StorageScp extends Scp {
   }
 }
 
-function clampPdu(n: number | undefined): number {
-  if (n === undefined || !Number.isFinite(n)) return DEFAULT_MAX_PDU;
-  return Math.min(4 * 1024 * 1024, Math.max(4096, Math.floor(n)));
+function clampPdu(n: number): number {
+  if (!Number.isFinite(n)) return DEFAULT_NETWORK_LIMITS.maxPduBytes;
+  return Math.min(MAX_PDU_BYTES, Math.max(MIN_PDU_BYTES, Math.floor(n)));
+}
+
+/** The limits in force: defaults, then the older single options, then opts.limits. */
+function resolveLimits(opts: ScpOptions): NetworkLimits {
+  const l: NetworkLimits = { ...DEFAULT_NETWORK_LIMITS };
+  if (opts.maxPduLength !== undefined) l.maxPduBytes = opts.maxPduLength;
+  if (opts.idleTimeoutMs !== undefined) l.idleTimeoutMs = opts.idleTimeoutMs;
+  if (opts.associationRequestTimeoutMs !== undefined) l.associationRequestTimeoutMs = opts.associationRequestTimeoutMs;
+  for (const [k, v] of Object.entries(opts.limits ?? {})) if (v !== undefined) (l as unknown as Record<string, number>)[k] = v;
+  l.maxPduBytes = clampPdu(l.maxPduBytes);
+  return l;
+}
+
+/** A new connection beyond maxConnections() displaces the oldest one still without an A-ASSOCIATE-RQ. */
+function makeRoomFor(state: ServerState): boolean {
+  if (state.connections.size < maxConnections(state.limits)) return true;
+  for (const conn of state.connections) {
+    if (!conn.associated && conn.result === undefined) {
+      conn.refuse('connection-displaced', 'the oldest connection without A-ASSOCIATE-RQ makes room for a new one');
+      conn.socket.destroy();
+      return true;
+    }
+  }
+  return false;
 }
 
 /** Start a storage SCP bound to opts.host:opts.port. */
 export async function startStorageScp(opts: ScpOptions): Promise<RunningScp> {
+  const limits = resolveLimits(opts);
   const state: ServerState = {
     opts,
     log: opts.logger,
-    maxPdu: clampPdu(opts.maxPduLength),
+    maxPdu: limits.maxPduBytes,
+    limits,
+    slots: new AssociationSlots(limits),
     connections: new Set(),
     closing: false,
     nextAssociationId: 1,
@@ -588,12 +715,11 @@ export async function startStorageScp(opts: ScpOptions): Promise<RunningScp> {
     onSettled: [],
     stats: newScpStats(),
   };
-  const assocRqTimeout = opts.associationRequestTimeoutMs ?? DEFAULT_ASSOC_RQ_TIMEOUT_MS;
-  const idleTimeout = opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+  const { associationRequestTimeoutMs: assocRqTimeout, idleTimeoutMs: idleTimeout, associationTimeLimitMs } = limits;
 
   const server = net.createServer({ noDelay: true }, (socket) => {
     socket.setNoDelay(true);
-    if (state.closing) {
+    if (state.closing || !makeRoomFor(state)) {
       socket.destroy();
       return;
     }
@@ -627,17 +753,18 @@ export async function startStorageScp(opts: ScpOptions): Promise<RunningScp> {
       if (conn.closed || conn.result !== undefined) continue;
       if (!conn.associated) {
         if (now - conn.connectedAt > assocRqTimeout) {
-          conn.setResult('timeout', 'no A-ASSOCIATE-RQ');
+          conn.refuse('association-request-timeout', `no A-ASSOCIATE-RQ within ${assocRqTimeout} ms`);
           conn.socket.destroy();
         }
-      } else if (conn.inFlight === 0 && !conn.releasePending && now - conn.lastActivity > idleTimeout) {
-        conn.abortAndClose('timeout', 'idle');
+      } else if (conn.inFlight === 0 && !conn.releasePending) {
+        if (now - conn.lastActivity > idleTimeout) conn.refuse('idle-timeout', `nothing received for ${idleTimeout} ms`);
+        else if (now - conn.associatedAt > associationTimeLimitMs) conn.refuse('association-time-limit', `open for more than ${associationTimeLimitMs} ms`);
       }
     }
-  }, Math.max(50, Math.min(1000, Math.floor(Math.min(assocRqTimeout, idleTimeout) / 4))));
+  }, Math.max(50, Math.min(1000, Math.floor(Math.min(assocRqTimeout, idleTimeout, associationTimeLimitMs) / 4))));
   timer.unref();
 
-  state.log.info({ host: opts.host, port, aeTitle: opts.policy.aeTitle, maxPdu: state.maxPdu }, 'storage SCP listening');
+  state.log.info({ host: opts.host, port, aeTitle: opts.policy.aeTitle, limits }, 'storage SCP listening');
 
   let closePromise: Promise<void> | undefined;
   const close = (closeOpts?: { graceMs?: number }): Promise<void> => {

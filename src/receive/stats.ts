@@ -12,7 +12,8 @@ export type RefusalKind =
   | 'idle-timeout' // no PDU within limits.idleSeconds (A-ABORT)
   | 'association-time-limit' // association open longer than limits.associationSeconds (A-ABORT)
   | 'association-request-timeout' // connection without A-ASSOCIATE-RQ (closed)
-  | 'unrecognized-operation'; // a DIMSE command we do not provide (0x0211)
+  | 'unrecognized-operation' // a DIMSE command we do not provide (0x0211)
+  | 'connection-displaced'; // at the connection cap, the oldest connection without A-ASSOCIATE-RQ makes room (closed)
 
 export interface ScpStats {
   connections: number;

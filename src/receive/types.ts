@@ -2,6 +2,7 @@
 import type { Logger } from 'pino';
 import type { AssociationSummary } from '../observe/events';
 import type { ScpStats } from './stats';
+import type { NetworkLimits } from './limits';
 
 /** One received C-STORE, handed to the application. */
 export interface StoreRequest {
@@ -52,6 +53,8 @@ export interface ScpOptions {
   associationRequestTimeoutMs?: number;
   /** Abort an association idle this long (no PDU received and no C-STORE being processed). Default 300 000 ms. */
   idleTimeoutMs?: number;
+  /** Network limits (router.yaml `limits`); each one not given keeps its default (src/receive/limits.ts). */
+  limits?: Partial<NetworkLimits>;
   /** Told of every association when it ends (metrics, status page). */
   onAssociationEnded?: (a: AssociationSummary) => void;
 }

@@ -264,3 +264,34 @@ export class RawPeer {
     this.socket.destroy();
   }
 }
+
+/** Connects, proposes the contexts and waits for the A-ASSOCIATE-AC (throws on anything else). */
+export async function associate(host: string, port: number, p: { called: string; calling: string; contexts: ProposedContext[]; maxPdu?: number }): Promise<{ peer: RawPeer; maxPdu: number; results: Map<number, number> }> {
+  const peer = new RawPeer(host, port);
+  await peer.ready;
+  peer.send(associateRq(p));
+  await peer.until((x) => x.pdus().length > 0);
+  const first = peer.pdus()[0];
+  if (!first || first.type !== PDU.AssociateAc) {
+    peer.destroy();
+    throw new Error(`association not accepted: PDU type ${first?.type}`);
+  }
+  return { peer, ...parseAssociateAc(first.body) };
+}
+
+/** A dataset-sized payload split into P-DATA-TF PDUs of at most maxPdu bytes (variable field). */
+export function dataPdus(pcId: number, data: Buffer, maxPdu: number): Buffer[] {
+  const out: Buffer[] = [];
+  const frag = maxPdu - 6;
+  for (let off = 0; off < data.length || off === 0; off += frag) {
+    const part = data.subarray(off, off + frag);
+    out.push(pData(pcId, part, { command: false, last: off + frag >= data.length }));
+    if (data.length === 0) break;
+  }
+  return out;
+}
+
+/** The Status (0000,0900) and Command Field (0000,0100) of a parsed command. */
+export function statusOf(cmd: Map<number, Buffer>): { status: number; field: number; respondingTo: number } {
+  return { status: cmd.get(0x0900)!.readUInt16LE(0), field: cmd.get(0x0100)!.readUInt16LE(0), respondingTo: cmd.get(0x0120)?.readUInt16LE(0) ?? -1 };
+}
