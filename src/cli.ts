@@ -152,7 +152,7 @@ async function main(argv: string[]): Promise<number> {
     case 'serve': {
       const { runServe } = await import('./commands/serve');
       const c = load(values.config);
-      const logger = createLogger(logOpts);
+      const logger = createLogger({ ...logOpts, level: logOpts.level ?? c.logLevel });
       const salt = resolveSalt(c, logger);
       return runServe(c, salt, logger, () => loadConfig(values.config as string));
     }

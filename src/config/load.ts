@@ -134,6 +134,8 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
   if (unknownStudy !== 'default' && unknownStudy !== 'quarantine') {
     p.add(`${routerName}: unknownStudy`, `"${unknownStudy}" is not one of default, quarantine`);
   }
+  const logLevel = optString(router, 'logLevel', routerName, p);
+  if (logLevel !== undefined && !['trace', 'debug', 'info', 'warn', 'error'].includes(logLevel)) p.add(`${routerName}: logLevel`, `"${logLevel}" is not one of trace, debug, info, warn, error`);
   const listen = parseListen(router.listen, `${routerName}: listen`, p);
   const http = parseHttp(router.http, `${routerName}: http`, env, p);
   const limits = parseLimits(router.limits, `${routerName}: limits`, p);
@@ -157,7 +159,7 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
   if (p.list.length) throw new ConfigError(p.list);
   return {
     sources, salt, saltFile: saltFile ? resolve(saltFile) : undefined, listen, http, limits, destinations,
-    defaultDestination, stateDir, unknownStudy: unknownStudy as 'default' | 'quarantine', stations, studies,
+    defaultDestination, stateDir, unknownStudy: unknownStudy as 'default' | 'quarantine', logLevel, stations, studies,
   };
 }
 

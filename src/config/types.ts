@@ -123,6 +123,8 @@ export interface RouterConfig {
   defaultDestination: string;
   stateDir: string;
   unknownStudy: 'default' | 'quarantine';
+  /** Log level when --log-level does not say (trace, debug, info, warn, error). */
+  logLevel?: string;
   stations: Map<string, StationConfig>;
   studies: Map<string, StudyConfig>;
 }
