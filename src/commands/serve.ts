@@ -1,13 +1,14 @@
 // `serve`: the storage SCP wired to the pipeline and the destinations. The network layer hands us
 // raw dataset bytes; we answer each C-STORE only once its de-identified result is durably stored
 // (folder written + fsynced + renamed, or spooled + fsynced for forwarding).
-import { accessSync, constants as fsConstants, mkdirSync, statSync } from 'fs';
+import { accessSync, constants as fsConstants, statSync } from 'fs';
 import { dirname, join } from 'path';
 import type { Logger } from 'pino';
 import { ConfigError, type DicomDestinationConfig, type DicomwebDestinationConfig, type LimitsConfig, type RouterConfig, type TlsClientConfig } from '../config/types';
 import { DeidPipeline, ImageRejected, RoutedImage, Status } from '../pipeline';
 import { startStorageScp, silenceDimseLibraries, StoreRequest, RunningScp, NetworkLimits } from '../receive';
 import { DurableWriter } from '../deliver/durable-writer';
+import { checkWritableDir, removeTempFiles } from '../deliver/folder';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Quarantine, QuarantineReason } from '../deliver/quarantine';
 import { ForwardQueue, Spool } from '../deliver/forwarder';
@@ -52,6 +53,17 @@ const sameDicom = (a: ForwardTarget['dest'], b: ForwardTarget['dest']): boolean 
 
 export async function startNode(c: RouterConfig, salt: string, logger: Logger): Promise<RunningNode> {
   silenceDimseLibraries(logger);
+  // A state directory we cannot write would fail only at the first quarantined or spooled image.
+  checkWritableDir(c.stateDir, 'state directory');
+  for (const d of c.destinations.values()) {
+    if (d.type !== 'folder') continue;
+    // An unreadable folder is not fatal here: each image says what is wrong with it.
+    const removed = await removeTempFiles(d.path, true).catch((e: unknown) => {
+      logger.warn({ destination: d.name, err: errorCode(e) }, 'cannot look for temp files in the outgoing folder');
+      return 0;
+    });
+    if (removed) logger.info({ destination: d.name, removed }, 'removed temp files an earlier run left in the outgoing folder');
+  }
   // Every durable write of the C-STORE path goes through one writer: off the event loop, folder
   // fsyncs shared between images that finish together.
   const writer = new DurableWriter();
@@ -60,7 +72,6 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
   const stage = { images: 0, processMs: 0, deliverMs: 0 };
   const quarantine = new Quarantine(join(c.stateDir, 'quarantine'));
   const linkage = new LinkageLogs();
-  mkdirSync(c.stateDir, { recursive: true });
   let listening = false;
   let routing: Routing;
   const destinationViews = (): DestinationView[] => viewDestinations(routing);
@@ -174,7 +185,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       // Policy (unknownStudy: quarantine), not a failure: the image is safe, the sender is done.
       const reason = 'the study named by this image is not configured (unknownStudy: quarantine)';
       const failed = keepOriginal(req, 'identify', reason, r.studyName);
-      const status = !failed ? Status.Success : outOfResources(failed) ? Status.OutOfResources : Status.ProcessingFailure;
+      const status = !failed ? Status.Success : failureStatus(failed);
       observe.image({ ...where, outcome: failed ? 'failed' : 'quarantined', status, stage: 'identify', reason });
       if (!failed) logger.info({ callingAe: req.callingAeTitle, station: r.station }, 'image of an unconfigured study quarantined');
       return status;
@@ -193,7 +204,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       try {
         linkage.record(r.linkage);
       } catch (e) {
-        const status = outOfResources(e) ? Status.OutOfResources : Status.ProcessingFailure;
+        const status = failureStatus(e);
         const reason = `linkage log not written: ${errorCode(e)}`;
         logger.error({ callingAe: req.callingAeTitle, study: r.studyName, reason, status: statusHex(status) }, 'image not delivered');
         const kept = !keepOriginal(req, 'deliver', reason, r.studyName);
@@ -208,7 +219,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       stage.images++;
       stage.deliverMs += performance.now() - t1;
     } catch (e) {
-      const status = outOfResources(e) ? Status.OutOfResources : Status.ProcessingFailure;
+      const status = failureStatus(e);
       const reason = `delivery failed: ${errorCode(e)}`;
       logger.error({ callingAe: req.callingAeTitle, sopInstanceUid: r.uids?.sopInstanceUid, reason, status: statusHex(status) }, 'image not delivered');
       const kept = !keepOriginal(req, 'deliver', reason, r.studyName);
@@ -371,10 +382,13 @@ function tlsFiles(t: TlsClientConfig | undefined) {
   return t ? { caFile: t.ca, certFile: t.cert, keyFile: t.key, rejectUnauthorized: t.rejectUnauthorized } : undefined;
 }
 
-function outOfResources(e: unknown): boolean {
+/** A storage failure of ours is 0xA700 (Out of Resources: the sender may try again later), a
+ * full, read-only or forbidden destination included; anything else is 0x0110. */
+function failureStatus(e: unknown): number {
   const code = (e as NodeJS.ErrnoException).code;
-  return code === 'ENOSPC' || code === 'EDQUOT' || code === 'EMFILE' || code === 'ENFILE' || code === 'ENOMEM';
+  return code !== undefined && RESOURCE_ERRORS.has(code) ? Status.OutOfResources : Status.ProcessingFailure;
 }
+const RESOURCE_ERRORS = new Set(['ENOSPC', 'EDQUOT', 'EMFILE', 'ENFILE', 'ENOMEM', 'EROFS', 'EACCES', 'EPERM', 'EIO']);
 
 
 export async function runServe(c: RouterConfig, salt: string, logger: Logger, reload?: () => RouterConfig): Promise<number> {

@@ -21,7 +21,7 @@ export function resolveSalt(config: RouterConfig, logger?: LogSink): string {
   if (config.saltFile) throw new ConfigError([`saltFile: ${file} does not exist`]);
   // No salt configured at all: make one, keep it, and say so. Losing this file means new UIDs and
   // hashes that no longer match earlier output, so it belongs in backups.
-  mkdirSync(config.stateDir, { recursive: true });
+  mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
   const s = randomBytes(32).toString('hex');
   writeFileSync(file, s + '\n', { mode: 0o600, flag: 'wx' });
   logger?.warn({ file }, 'no salt configured: generated a random one; back this file up, outputs depend on it');

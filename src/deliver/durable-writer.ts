@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import { basename, dirname } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { LRUCache } from 'lru-cache';
-import { TEMP_PREFIX, childPath } from './folder';
+import { ChunkCursor, TEMP_PREFIX, WRITE_ATTEMPTS, childPath, mkdirpAsync } from './folder';
 
 /** Milliseconds spent per phase, summed over all files (for the stage breakdown serve logs). */
 export interface WriterStats {
@@ -96,10 +96,10 @@ export class DurableFile {
   size = 0;
   private drainWaiters: Array<() => void> = [];
 
-  constructor(private readonly w: DurableWriter, readonly path: string) {
+  constructor(private readonly w: DurableWriter, readonly path: string, dirMode = 0o755) {
     const dir = dirname(path);
     this.fd = (async () => {
-      await w.ensureDir(dir);
+      await w.ensureDir(dir, dirMode);
       const t0 = hrMs();
       this.tmp = childPath(dir, w.tempName(dir));
       let fd: number;
@@ -109,7 +109,7 @@ export class DurableFile {
         if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
         // The folder was removed behind our back (an operator moved a study away): make it again.
         w.forgetDir(dir);
-        await w.ensureDir(dir);
+        await w.ensureDir(dir, dirMode);
         fd = await call<number>((cb) => fs.open(this.tmp, 'w', 0o644, cb));
       }
       w.stats.openMs += hrMs() - t0;
@@ -186,7 +186,10 @@ export class DurableFile {
     const dir = dirname(this.path);
     this.w.releaseTempName(dir, this.tmp);
     const t0 = hrMs();
-    await this.w.dirSync(dir).sync();
+    await this.w.dirSync(dir).sync().catch((e: unknown) => {
+      // The folder went away after the rename: a consumer took it, with this file in it.
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    });
     st.dirSyncMs += hrMs() - t0;
     st.files++;
     st.bytes += this.size;
@@ -209,17 +212,10 @@ export class DurableFile {
 }
 
 async function writeAll(fd: number, chunks: Buffer[]): Promise<void> {
-  let pending = chunks;
-  while (pending.length) {
-    const batch = pending.length > 1024 ? pending.slice(0, 1024) : pending;
-    let written = await call<number>((cb) => fs.writev(fd, batch, null, cb));
-    let i = 0;
-    while (i < batch.length && written >= batch[i].length) {
-      written -= batch[i].length;
-      i++;
-    }
-    const rest = pending.slice(batch.length);
-    pending = i < batch.length ? [batch[i].subarray(written), ...batch.slice(i + 1), ...rest] : rest;
+  const cursor = new ChunkCursor(chunks);
+  for (let batch = cursor.next(); batch; batch = cursor.next()) {
+    const b = batch;
+    cursor.advance(await call<number>((cb) => fs.writev(fd, b, null, cb)));
   }
 }
 
@@ -235,15 +231,25 @@ export class DurableWriter {
   private counter = 0;
 
   /** Start writing `path` (atomically, durably). */
-  open(path: string): DurableFile {
-    return new DurableFile(this, path);
+  open(path: string, dirMode?: number): DurableFile {
+    return new DurableFile(this, path, dirMode);
   }
 
-  /** Write a whole file; resolves once it is durable under its name. */
-  async writeFile(path: string, chunks: readonly Buffer[]): Promise<void> {
-    const f = this.open(path);
-    f.append(chunks);
-    await f.commit();
+  /** Write a whole file; resolves once it is durable under its name. A folder or temp file that
+   * vanishes meanwhile (a consumer took the study, a starting replica cleaned up) is made again
+   * and the file rewritten. */
+  async writeFile(path: string, chunks: readonly Buffer[], opts: { dirMode?: number } = {}): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      const f = this.open(path, opts.dirMode);
+      f.append(chunks);
+      try {
+        await f.commit();
+        return;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= WRITE_ATTEMPTS) throw e;
+        this.forgetDir(dirname(path));
+      }
+    }
   }
 
   /** A temp file name unused in `dir` by this process. Names freed by a rename are reused: on ext4 a
@@ -270,13 +276,14 @@ export class DurableWriter {
     this.made.delete(dir);
   }
 
-  /** mkdir -p; folders we create are made durable (their parents fsync'd) before any file in them is answered. */
-  ensureDir(dir: string): Promise<void> {
+  /** mkdir -p; folders we create are made durable (their parents fsync'd) before any file in them is
+   * answered. Errors name the real cause (EROFS, EACCES, ENOSPC: Node's recursive mkdir says ENOENT). */
+  ensureDir(dir: string, mode = 0o755): Promise<void> {
     if (this.made.has(dir)) return Promise.resolve();
     let p = this.making.get(dir);
     if (!p) {
       p = (async () => {
-        const first = await fs.promises.mkdir(dir, { recursive: true });
+        const first = await mkdirpAsync(dir, mode);
         if (first) {
           const parents: string[] = [];
           for (let d = dir; ; d = dirname(d)) {

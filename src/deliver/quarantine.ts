@@ -1,6 +1,7 @@
 // Quarantine: images we could not process are kept, untouched, with the reason beside them, so
 // nothing is ever silently dropped. The reason file carries no patient data: only the stage,
-// the message (which the engine keeps free of values) and where the image came from.
+// the message (which the engine keeps free of values) and where the image came from. The folder
+// holds original patient data: it is made mode 0700.
 import { join } from 'path';
 import { randomBytes } from 'crypto';
 import { writeFileAtomicSync } from './folder';
@@ -24,9 +25,10 @@ export class Quarantine {
     const stamp = new Date().toISOString().replace(/[:.]/g, '-');
     const name = `${stamp}-${randomBytes(4).toString('hex')}`;
     const file = join(this.dir, `${name}.dcm`);
-    writeFileAtomicSync(file, original, opts);
+    const w = { ...opts, dirMode: 0o700 };
+    writeFileAtomicSync(file, original, w);
     const body = JSON.stringify({ ...reason, time: reason.time ?? new Date().toISOString() }, null, 1) + '\n';
-    writeFileAtomicSync(join(this.dir, `${name}.reason.json`), [Buffer.from(body)], opts);
+    writeFileAtomicSync(join(this.dir, `${name}.reason.json`), [Buffer.from(body)], w);
     return file;
   }
 }

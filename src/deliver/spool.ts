@@ -3,14 +3,15 @@
 // Layout (all under stateDir):
 //   spool/<dest>/<id>.dcm             one Part-10 file per SOP instance, written atomically
 //   spool/<dest>/<id>.attempts.json   per-image failure bookkeeping (only after a failure status)
-//   spool/<dest>/.tmp-*               files being written (removed at init if stale)
+//   spool/<dest>/.deid-*.tmp          files being written (a killed process's are removed at init)
+// Folders are made mode 0700, and made again when found missing.
 //   deadletter/<dest>/<id>.dcm        images the PACS refused maxAttempts times
 //   deadletter/<dest>/<id>.reason.json {status, statusHex, message, attempts, time}
 //
 // <id> is the SOP Instance UID when it is a plain UID (digits and dots), else a SHA-1 of it, so the
 // same instance enqueued twice is one file (the later write replaces the earlier one).
 import { createHash } from 'node:crypto';
-import { TEMP_PREFIX, fsyncDirSync, writeFileAtomicSync } from './folder';
+import { ensureDirSync, forgetDir, fsyncDirSync, removeTempFiles, writeFileAtomicSync } from './folder';
 import type { DurableWriter } from './durable-writer';
 import { hasLongLength } from '../dicom/vr';
 import { TS } from '../dicom/uids';
@@ -84,7 +85,7 @@ export class Part10Error extends Error {}
 const DCM = '.dcm';
 const ATTEMPTS = '.attempts.json';
 const REASON = '.reason.json';
-const STALE_TMP_MS = 10 * 60 * 1000;
+const PRIVATE = { dirMode: 0o700 };
 
 /** Walk the Part-10 file meta group (always explicit VR little endian). Needs only the first bytes. */
 export function parsePart10Meta(buf: Buffer, complete = true): Part10Meta {
@@ -228,24 +229,25 @@ export class Spool {
     this.deadDir = path.join(stateDir, 'deadletter', destination);
   }
 
-  /** Create the directories and remove stale temp files. Idempotent; called by every method. */
+  /** Create the directories (mode 0700) and remove the temp files a killed process left.
+   * Idempotent; called by every method. */
   init(): Promise<void> {
     if (!this.ready) {
       this.ready = (async () => {
-        await fsp.mkdir(this.dir, { recursive: true });
-        await fsp.mkdir(this.deadDir, { recursive: true });
         for (const d of [this.dir, this.deadDir]) {
-          for (const name of await fsp.readdir(d)) {
-            if (!name.startsWith(TEMP_PREFIX)) continue;
-            const p = path.join(d, name);
-            const st = await fsp.stat(p).catch(() => undefined);
-            if (st && Date.now() - st.mtimeMs > STALE_TMP_MS) await unlinkIfExists(p);
-          }
+          ensureDirSync(d, true, 0o700);
+          await removeTempFiles(d, false);
         }
       })();
       this.ready.catch(() => (this.ready = undefined));
     }
     return this.ready;
+  }
+
+  /** The spool folder was found missing (removed by an operator or a cleanup job): make it again. */
+  private remake(dir: string): void {
+    forgetDir(dir);
+    ensureDirSync(dir, true, 0o700);
   }
 
   pathOf(id: string): string {
@@ -280,8 +282,8 @@ export class Spool {
       throw new Part10Error('file meta MediaStorageSOPInstanceUID differs from the SOP instance UID given');
     }
     const id = spoolId(info.sopInstanceUid);
-    if (this.writer) await this.writer.writeFile(this.pathOf(id), chunks);
-    else writeFileAtomicSync(this.pathOf(id), chunks);
+    if (this.writer) await this.writer.writeFile(this.pathOf(id), chunks, PRIVATE);
+    else writeFileAtomicSync(this.pathOf(id), chunks, PRIVATE);
     // A fresh copy starts with a clean failure count.
     if (this.withAttempts.delete(id)) await unlinkIfExists(path.join(this.dir, id + ATTEMPTS));
     return { id, path: this.pathOf(id), size, mtimeMs: Date.now() };
@@ -290,7 +292,14 @@ export class Spool {
   /** Ids of the spooled images (no stat, no read). */
   async listIds(): Promise<string[]> {
     await this.init();
-    const names = await fsp.readdir(this.dir);
+    let names: string[];
+    try {
+      names = await fsp.readdir(this.dir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+      this.remake(this.dir);
+      names = [];
+    }
     for (const n of names) if (n.endsWith(ATTEMPTS)) this.withAttempts.add(n.slice(0, -ATTEMPTS.length));
     return names.filter((n) => n.endsWith(DCM) && !n.startsWith('.')).map((n) => n.slice(0, -DCM.length));
   }
@@ -423,7 +432,7 @@ export class Spool {
       message,
       lastTime: new Date().toISOString(),
     };
-    writeFileAtomicSync(path.join(this.dir, id + ATTEMPTS), [Buffer.from(JSON.stringify(rec))]);
+    writeFileAtomicSync(path.join(this.dir, id + ATTEMPTS), [Buffer.from(JSON.stringify(rec))], PRIVATE);
     this.withAttempts.add(id);
     return rec.attempts;
   }
@@ -442,7 +451,7 @@ export class Spool {
       time: new Date().toISOString(),
       sopInstanceUid: reason.sopInstanceUid,
     };
-    writeFileAtomicSync(path.join(this.deadDir, id + REASON), [Buffer.from(JSON.stringify(full, null, 2) + '\n')]);
+    writeFileAtomicSync(path.join(this.deadDir, id + REASON), [Buffer.from(JSON.stringify(full, null, 2) + '\n')], PRIVATE);
     await fsp.rename(this.pathOf(id), path.join(this.deadDir, id + DCM));
     fsyncDirSync(this.deadDir);
     await unlinkIfExists(path.join(this.dir, id + ATTEMPTS));
@@ -452,7 +461,7 @@ export class Spool {
   async listDeadLetters(): Promise<Array<{ id: string; reason?: DeadLetterReason }>> {
     await this.init();
     const out: Array<{ id: string; reason?: DeadLetterReason }> = [];
-    for (const n of await fsp.readdir(this.deadDir)) {
+    for (const n of await this.deadNames()) {
       if (!n.endsWith(DCM) || n.startsWith('.')) continue;
       const id = n.slice(0, -DCM.length);
       let reason: DeadLetterReason | undefined;
@@ -468,12 +477,22 @@ export class Spool {
 
   async deadLetterCount(): Promise<number> {
     await this.init();
-    return (await fsp.readdir(this.deadDir)).filter((n) => n.endsWith(DCM) && !n.startsWith('.')).length;
+    return (await this.deadNames()).filter((n) => n.endsWith(DCM) && !n.startsWith('.')).length;
+  }
+
+  private async deadNames(): Promise<string[]> {
+    try {
+      return await fsp.readdir(this.deadDir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw e;
+    }
   }
 
   /** Move every dead letter back into the spool with a fresh attempt count. Returns how many. */
   async retryDeadLetters(): Promise<number> {
     await this.init();
+    this.remake(this.dir);
     let n = 0;
     for (const { id } of await this.listDeadLetters()) {
       const target = this.pathOf(id);
