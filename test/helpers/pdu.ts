@@ -295,3 +295,16 @@ export function dataPdus(pcId: number, data: Buffer, maxPdu: number): Buffer[] {
 export function statusOf(cmd: Map<number, Buffer>): { status: number; field: number; respondingTo: number } {
   return { status: cmd.get(0x0900)!.readUInt16LE(0), field: cmd.get(0x0100)!.readUInt16LE(0), respondingTo: cmd.get(0x0120)?.readUInt16LE(0) ?? -1 };
 }
+
+/** Splits a byte stream into whole PDUs, header included (a trailing partial PDU is dropped). */
+export function splitRawPdus(buf: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  let off = 0;
+  while (off + 6 <= buf.length) {
+    const end = off + 6 + buf.readUInt32BE(off + 2);
+    if (end > buf.length) break;
+    out.push(buf.subarray(off, end));
+    off = end;
+  }
+  return out;
+}
