@@ -115,6 +115,9 @@ export function now(): number {
 
 export interface StageTimings {
   images: number;
+  streamed?: number;
+  buffered?: number;
+  streamedPerImageMs?: { receive: number; engine: number; lastPduToDurable: number };
   perImageMs: { process: number; deliver: number };
   perFileMs: { open: number; write: number; fdatasync: number; rename: number; dirSyncWait: number };
   files: number;
@@ -138,7 +141,13 @@ export function stageTimings(stdout: string): StageTimings | undefined {
 export function formatStages(t: StageTimings | undefined): string {
   if (!t) return '  (no stage timings logged)';
   const f = t.perFileMs;
+  const s = t.streamedPerImageMs;
+  const streamed = s && t.streamed
+    ? `  router: ${t.streamed} images streamed, ${t.buffered} buffered; per streamed image: first to last PDV ${s.receive.toFixed(2)} ms ` +
+      `(engine ${s.engine.toFixed(2)} ms of it), last PDV to durable ${s.lastPduToDurable.toFixed(2)} ms\n`
+    : '';
   return (
+    streamed +
     `  router per image: parse+deidentify+encode ${t.perImageMs.process.toFixed(2)} ms, deliver ${t.perImageMs.deliver.toFixed(2)} ms ` +
     `(open ${f.open.toFixed(2)}, write ${f.write.toFixed(2)}, fdatasync ${f.fdatasync.toFixed(2)}, rename ${f.rename.toFixed(2)}, ` +
     `dir fsync wait ${f.dirSyncWait.toFixed(2)}; ${t.dirSyncs} dir fsyncs for ${t.files} files); ` +

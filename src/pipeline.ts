@@ -99,17 +99,25 @@ export class DeidPipeline {
   }
 
   process(input: InboundImage, callingAeTitle?: string): RoutedImage {
-    const obj = this.read(input);
+    return this.route(this.read(input), callingAeTitle);
+  }
+
+  /** Identify and de-identify an object already read. `encode: false` leaves `chunks` out (the streaming
+   * C-STORE path encodes the output piece by piece itself); `count: false` leaves the check counters alone
+   * (its runs after the first re-check the same image). */
+  route(obj: DicomObject, callingAeTitle?: string, opts: { encode?: boolean; count?: boolean } = {}): RoutedImage {
+    const encode = opts.encode ?? true;
+    const counts = opts.count === false ? { phiGateQuarantined: 0, phiGateWarned: 0, burnedInQuarantined: 0, burnedInFlagged: 0 } : this.counts;
     const r = resolveStudy(this.config, callingAeTitle, obj);
     if (!r.study) {
       return { station: r.station.name, studyName: r.studyName, unknownStudy: true, quarantine: true, destinations: [] };
     }
     const burnedIn = burnedInVerdict(obj, r.study);
     if (burnedIn.decision === 'quarantine') {
-      this.counts.burnedInQuarantined++;
+      counts.burnedInQuarantined++;
       throw new ImageRejected('burned-in', burnedIn.reason as string, Status.RefusedBurnedIn);
     }
-    if (burnedIn.decision === 'flag') this.counts.burnedInFlagged++;
+    if (burnedIn.decision === 'flag') counts.burnedInFlagged++;
     const plan = this.planFor(r.study);
     let out: DicomObject;
     try {
@@ -123,11 +131,11 @@ export class DeidPipeline {
     if (gate !== 'off') {
       const hits = phiGate(obj, out, plan);
       if (hits.length && gate === 'quarantine') {
-        this.counts.phiGateQuarantined++;
+        counts.phiGateQuarantined++;
         throw new ImageRejected('phi-gate', `PHI gate: ${describeHits(hits)}`, Status.RefusedPhiGate);
       }
       if (hits.length) {
-        this.counts.phiGateWarned++;
+        counts.phiGateWarned++;
         phiWarnings = hits;
       }
     }
@@ -141,9 +149,9 @@ export class DeidPipeline {
       studyInstanceUid: u.studyInstanceUid as string, seriesInstanceUid: u.seriesInstanceUid as string,
       transferSyntaxUid: out.transferSyntaxUid,
     };
-    let chunks: Buffer[];
+    let chunks: Buffer[] | undefined;
     try {
-      chunks = part10Chunks(out);
+      if (encode) chunks = part10Chunks(out);
     } catch (e) {
       throw new ImageRejected('deidentify', `cannot encode the de-identified dataset: ${(e as Error).message}`, Status.ProcessingFailure);
     }

@@ -6,7 +6,7 @@ import { dirname, join } from 'path';
 import type { Logger } from 'pino';
 import { ConfigError, type DicomDestinationConfig, type DicomwebDestinationConfig, type LimitsConfig, type RouterConfig, type TlsClientConfig } from '../config/types';
 import { DeidPipeline, ImageRejected, RoutedImage, Status } from '../pipeline';
-import { startStorageScp, silenceDimseLibraries, StoreRequest, RunningScp, NetworkLimits } from '../receive';
+import { startStorageScp, silenceDimseLibraries, StoreRequest, StoreStart, RunningScp, NetworkLimits } from '../receive';
 import { DurableWriter } from '../deliver/durable-writer';
 import { checkWritableDir, removeTempFiles } from '../deliver/folder';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -14,7 +14,8 @@ import { Quarantine, QuarantineReason } from '../deliver/quarantine';
 import { ForwardQueue, Spool } from '../deliver/forwarder';
 import { part10FromRawDataset } from '../dicom/write';
 import { IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME } from '../dicom/uids';
-import { statusHex } from '../deliver/spool';
+import { spoolId, statusHex } from '../deliver/spool';
+import { StreamingImage, StreamStats, StreamTarget } from '../store-stream';
 import { StowQueue } from '../deliver/dicomweb';
 import { displayUrl } from '../deliver/dicomweb-url';
 import { errorCode, errorMessage } from '../observe/errors';
@@ -70,6 +71,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
   const loopDelay = monitorEventLoopDelay({ resolution: 1 });
   loopDelay.enable();
   const stage = { images: 0, processMs: 0, deliverMs: 0 };
+  const streamStats: StreamStats = { streamed: 0, buffered: 0, receiveMs: 0, finishMs: 0, engineMs: 0 };
   const quarantine = new Quarantine(join(c.stateDir, 'quarantine'));
   const linkage = new LinkageLogs();
   let listening = false;
@@ -135,13 +137,29 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     }));
   }
 
+  /** The streaming C-STORE path's output files: one per destination of the image. */
+  function openTargets(rt: Routing, r: RoutedImage): StreamTarget[] {
+    return r.destinations.map((name): StreamTarget => {
+      const d = rt.config.destinations.get(name);
+      if (!d) throw new Error(`destination ${name} is not configured`);
+      if (d.type === 'folder') return { file: writer.open(join(d.path, r.relativePath as string)), committed: async () => undefined };
+      const f = rt.forwards.get(name) as ForwardTarget;
+      const id = spoolId(r.uids!.sopInstanceUid);
+      const file = writer.open(f.spool.pathOf(id));
+      return { file, committed: async () => f.queue.notify(await f.spool.enqueued(id, file.size)) };
+    });
+  }
+
   /** Where the time of an image went, and how long the event loop was held up: logged at stop. */
   function logStageTimings(): void {
     const n = Math.max(1, stage.images);
     const w = writer.stats;
     const per = (ms: number, files = n) => Number((ms / Math.max(1, files)).toFixed(3));
+    const ss = streamStats;
     logger.info({
-      images: stage.images,
+      images: stage.images + ss.streamed,
+      streamed: ss.streamed, buffered: ss.buffered,
+      streamedPerImageMs: { receive: per(ss.receiveMs, ss.streamed), engine: per(ss.engineMs, ss.streamed), lastPduToDurable: per(ss.finishMs, ss.streamed) },
       perImageMs: { process: per(stage.processMs), deliver: per(stage.deliverMs) },
       perFileMs: { open: per(w.openMs, w.files), write: per(w.writeMs, w.files), fdatasync: per(w.datasyncMs, w.files), rename: per(w.renameMs, w.files), dirSyncWait: per(w.dirSyncMs, w.files) },
       files: w.files, dirSyncs: w.dirSyncs,
@@ -163,6 +181,43 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
   }
 
   const seconds = (t0: number): number => (performance.now() - t0) / 1000;
+
+  /** Notes of the checks that let an image through (logged), as ImageEvent flags. */
+  function noteFlags(r: RoutedImage): string[] {
+    const flags: string[] = [];
+    if (r.phiWarnings) {
+      flags.push('phi-gate-warn');
+      logger.warn({ study: r.studyName, sopInstanceUid: r.uids?.sopInstanceUid, phiGate: describeHits(r.phiWarnings) }, 'PHI gate found identifiers; delivered (PhiGate: warn)');
+    }
+    if (r.burnedInFlag) {
+      flags.push('burned-in-unknown');
+      logger.info({ study: r.studyName, sopInstanceUid: r.uids?.sopInstanceUid, reason: r.burnedInFlag }, 'burned-in annotation unknown; delivered');
+    }
+    return flags;
+  }
+
+  /** A C-STORE de-identified and written while it arrives (store-stream.ts); what cannot be streamed
+   * goes through onStore whole. */
+  const onStoreStream = (start: StoreStart): StreamingImage => {
+    const rt = routing;
+    let flags: string[] = [];
+    return new StreamingImage(start, {
+      pipeline: rt.pipeline, logger, stats: streamStats,
+      openTargets: (r) => openTargets(rt, r),
+      buffered: (s, dataset) => onStore({ ...s, dataset }),
+      accepted: (r) => {
+        // Before anything is written; a linkage log that cannot be written sends the image down the
+        // buffered path, which refuses it and keeps the original.
+        if (r.linkage) linkage.record(r.linkage);
+        flags = noteFlags(r);
+      },
+      finished: (r, status, t) => {
+        const where = { callingAe: start.callingAeTitle, bytes: t.bytes, station: r?.station ?? 'unknown', study: r?.studyName ?? 'unknown', deidentifySeconds: t.engineMs / 1000 };
+        if (status === Status.Success) observe.image({ ...where, outcome: 'stored', status, storeSeconds: t.storeMs / 1000, flags: flags.length ? flags : undefined });
+        else observe.image({ ...where, outcome: 'failed', status, stage: 'deliver', reason: t.reason });
+      },
+    });
+  };
 
   const onStore = async (req: StoreRequest): Promise<number> => {
     const rt = routing;
@@ -190,15 +245,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       if (!failed) logger.info({ callingAe: req.callingAeTitle, station: r.station }, 'image of an unconfigured study quarantined');
       return status;
     }
-    const flags: string[] = [];
-    if (r.phiWarnings) {
-      flags.push('phi-gate-warn');
-      logger.warn({ study: r.studyName, sopInstanceUid: r.uids?.sopInstanceUid, phiGate: describeHits(r.phiWarnings) }, 'PHI gate found identifiers; delivered (PhiGate: warn)');
-    }
-    if (r.burnedInFlag) {
-      flags.push('burned-in-unknown');
-      logger.info({ study: r.studyName, sopInstanceUid: r.uids?.sopInstanceUid, reason: r.burnedInFlag }, 'burned-in annotation unknown; delivered');
-    }
+    const flags = noteFlags(r);
     if (r.linkage) {
       // Before delivery: an image must never reach the archive without its line in the log.
       try {
@@ -264,6 +311,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     port: c.listen.port,
     policy: { aeTitle: c.listen.aeTitle, allowUnknownCallers: c.listen.allowUnknownCallers, isKnownCaller: (ae) => routing.knownCallers.has(ae.trim().toUpperCase()) },
     onStore,
+    onStoreStream,
     logger,
     implementationClassUid: IMPLEMENTATION_CLASS_UID,
     implementationVersionName: IMPLEMENTATION_VERSION_NAME,

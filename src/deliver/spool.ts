@@ -289,6 +289,13 @@ export class Spool {
     return { id, path: this.pathOf(id), size, mtimeMs: Date.now() };
   }
 
+  /** The bookkeeping of enqueue() for a file written straight to pathOf(id) (the streaming C-STORE path
+   * writes it durably itself, through a DurableWriter). */
+  async enqueued(id: string, size: number): Promise<SpoolEntry> {
+    if (this.withAttempts.delete(id)) await unlinkIfExists(path.join(this.dir, id + ATTEMPTS));
+    return { id, path: this.pathOf(id), size, mtimeMs: Date.now() };
+  }
+
   /** Ids of the spooled images (no stat, no read). */
   async listIds(): Promise<string[]> {
     await this.init();

@@ -175,6 +175,20 @@ export function part10Chunks(obj: DicomObject): Buffer[] {
 }
 const DICM = Buffer.from('DICM', 'latin1');
 
+/** Encoded elements of a dataset (no file meta), as chunks: large values are slices of their source. */
+export function elementChunks(elements: readonly Element[], syntax: Syntax): Buffer[] {
+  const out = new Out();
+  writeElements(elements, syntax, out);
+  return out.finish();
+}
+
+/** The header of one element (tag, VR, length) as `syntax` encodes it; length undefined: 0xFFFFFFFF. */
+export function elementHeader(tag: number, vr: string, length: number | undefined, syntax: Syntax): Buffer {
+  const out = new Out(16);
+  out.header(tag, vr, length ?? UNDEFINED, syntax);
+  return Buffer.concat(out.finish());
+}
+
 export function writePart10(obj: DicomObject): Buffer {
   return Buffer.concat(part10Chunks(obj));
 }

@@ -74,7 +74,7 @@ export function encodeCommandPData(pcId: number, command: Buffer, peerMaxPdu: nu
 
 /** The command set of any DIMSE response (PS3.7 9.3 / 10.3), Implicit VR LE, with its group length; the
  * affected SOP class is included when known. Used for the answers we give without dcmjs-dimse. */
-export function encodeResponseCommand(p: { commandField: number; messageIdBeingRespondedTo: number; status: number; sopClassUid?: string }): Buffer {
+export function encodeResponseCommand(p: { commandField: number; messageIdBeingRespondedTo: number; status: number; sopClassUid?: string; sopInstanceUid?: string }): Buffer {
   const elems: Buffer[] = [];
   if (p.sopClassUid) elems.push(element(0x0000, 0x0002, uidValue(p.sopClassUid)));
   elems.push(
@@ -83,6 +83,7 @@ export function encodeResponseCommand(p: { commandField: number; messageIdBeingR
     element(0x0000, 0x0800, us(COMMAND_DATA_SET_TYPE_NONE)),
     element(0x0000, 0x0900, us(p.status)),
   );
+  if (p.sopInstanceUid !== undefined) elems.push(element(0x0000, 0x1000, uidValue(p.sopInstanceUid)));
   const bodyLen = elems.reduce((n, e) => n + e.length, 0);
   const gl = Buffer.allocUnsafe(4);
   gl.writeUInt32LE(bodyLen, 0);

@@ -1,4 +1,4 @@
-export type { StoreRequest, StoreHandler, AssociationPolicy, ScpOptions, RunningScp } from './types';
+export type { StoreRequest, StoreHandler, StoreStart, DatasetSink, AssociationPolicy, ScpOptions, RunningScp } from './types';
 export { startStorageScp, STATUS_SUCCESS, STATUS_PROCESSING_FAILURE, STATUS_SOP_CLASS_NOT_SUPPORTED } from './scp';
 export { silenceDimseLibraries } from './logging';
 export {

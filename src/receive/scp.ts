@@ -1,42 +1,32 @@
-// Storage SCP (C-ECHO, C-STORE) on top of dcmjs-dimse's Scp, receiving datasets as raw bytes.
+// Storage SCP (C-ECHO, C-STORE): association negotiation by dcmjs-dimse's Scp, P-DATA by our own code.
 //
-// How it uses dcmjs-dimse 0.3.3 (see the notes at the end of this file for the internals relied on):
+// How it uses dcmjs-dimse (pinned to an exact version; see the notes at the end of this file for the
+// internals relied on, and test/dimse-internals.test.ts, which names any that an upgrade removes):
 // - We own the net.Server (bound to opts.host) and construct one Scp subclass per socket.
-// - createStoreWritableStream / createDatasetFromStoreWritableStream are overridden so the C-STORE dataset is
-//   collected as the PDV value buffers and concatenated once; it is never parsed or naturalized. The library's
-//   Dataset handed to cStoreRequest is an empty placeholder that carries the raw bytes.
-// - The library's PDU accumulator (Buffer.concat per socket chunk) is replaced with PduFramer.
+// - The library's PDU accumulator (Buffer.concat per socket chunk) is replaced with PduFramer. Association
+//   PDUs (A-ASSOCIATE, A-RELEASE, A-ABORT) go to the library; P-DATA-TF PDUs never reach it: the DimseGuard
+//   checks them, and PDataReceiver (pdata.ts) hands each C-STORE dataset fragment, as it arrives, to a
+//   DatasetSink (opts.onStoreStream, or a sink collecting the dataset for opts.onStore) and answers C-ECHO.
+//   The library's per-message work (a naturalized dcmjs command Dataset, a log line built with toString() even
+//   with logging off, responses encoded through dcmjs) was most of our receive CPU per image.
 // - The library's timers (socket timeout 180 s, 60 s PDU timeout that would abort an association while our
 //   handler is still writing a big image) are disabled; this module has its own association-request and idle
 //   timeouts that never fire while a C-STORE is being processed.
 import * as net from 'net';
-import { Writable } from 'stream';
-import {
-  Scp,
-  Dataset,
-  Implementation,
-  constants,
-  responses,
-  association as dimseAssociation,
-  requests as dimseRequests,
-} from 'dcmjs-dimse';
+import { Scp, Implementation, constants, association as dimseAssociation } from 'dcmjs-dimse';
 import type { Logger } from 'pino';
 import { encodeCommandPData, encodeCStoreRspCommand, encodeResponseCommand } from './dimse';
-import { DimseGuard, GuardStep } from './dimse-guard';
+import { COMMAND, DimseGuard, GuardStep } from './dimse-guard';
+import { PDataReceiver, type PDataHandler } from './pdata';
 import { AssociationSlots, DEFAULT_NETWORK_LIMITS, MAX_PDU_BYTES, MIN_PDU_BYTES, NetworkLimits, maxConnections } from './limits';
 import { PduFramer, PduFramingError } from './framer';
 import { checkAssociateRq, associateRjPdu, abortPdu } from './associate-rq';
 import { countRefusal, newScpStats, snapshotStats, RefusalKind, ScpStats } from './stats';
 import { chooseTransferSyntax, isAcceptedAbstractSyntax, VERIFICATION_SOP_CLASS } from './syntaxes';
-import type { RunningScp, ScpOptions, StoreRequest } from './types';
+import type { DatasetSink, RunningScp, ScpOptions, StoreHandler, StoreStart } from './types';
 import { errorMessage } from '../observe/errors';
 
 type Association = dimseAssociation.Association;
-type PresentationContext = dimseAssociation.PresentationContext;
-type CStoreRequest = dimseRequests.CStoreRequest;
-type CEchoRequest = dimseRequests.CEchoRequest;
-type CStoreResponse = responses.CStoreResponse;
-type CEchoResponse = responses.CEchoResponse;
 
 const { PresentationContextResult, RejectResult, RejectSource, RejectReason, AbortSource, AbortReason } = constants;
 
@@ -65,50 +55,37 @@ function isStoredStatus(status: number): boolean {
 
 type AssocResult = 'released' | 'aborted-by-peer' | 'aborted' | 'rejected' | 'closed' | 'error' | 'timeout';
 
-/** Collects the PDV value buffers of one C-STORE dataset. write() never applies backpressure: dcmjs-dimse
- * awaits 'drain' after a false return while later PDUs of the same socket chunk are already being processed,
- * which could reorder fragments. */
-class RawCollector extends Writable {
-  readonly chunks: Buffer[] = [];
-  length = 0;
-  constructor(readonly pcId: number) {
-    super({ highWaterMark: 0x7fffffff, decodeStrings: false });
+/** Pause the socket while a dataset sink has more than this many bytes waiting to be written. */
+const SINK_HIGH_WATER = 8 * 1024 * 1024;
+const SINK_LOW_WATER = 2 * 1024 * 1024;
+
+/** Collects a whole C-STORE dataset for opts.onStore (used when no onStoreStream is given). */
+class CollectingSink implements DatasetSink {
+  private chunks: Buffer[] = [];
+  private length = 0;
+  backlogBytes = 0;
+  constructor(private readonly start: StoreStart, private readonly onStore: StoreHandler) {}
+  write(fragment: Buffer): void {
+    this.chunks.push(fragment);
+    this.length += fragment.length;
   }
-  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
-    this.chunks.push(chunk);
-    this.length += chunk.length;
-    cb();
+  whenBelow(): Promise<void> {
+    return Promise.resolve();
   }
-  override _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
-    for (const c of chunks) {
-      this.chunks.push(c.chunk);
-      this.length += c.chunk.length;
-    }
-    cb();
+  end(): Promise<number> {
+    const dataset = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks, this.length);
+    this.chunks = [];
+    return this.onStore({ ...this.start, dataset });
   }
-  /** Dropped (dataset over the limit): let go of the data at once. */
-  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
-    this.chunks.length = 0;
-    this.length = 0;
-    cb(err);
-  }
-  /** One copy: the dataset as a single compact Buffer (PDV values are views into whole PDUs). */
-  toBuffer(): Buffer {
-    return Buffer.concat(this.chunks, this.length);
+  abort(): void {
+    this.chunks = [];
   }
 }
 
-/** Placeholder Dataset the library attaches to the CStoreRequest: no elements, just our raw bytes. */
-class RawDataset extends Dataset {
-  constructor(
-    public raw: Buffer | undefined,
-    transferSyntaxUid: string,
-    readonly pcId: number,
-    readonly pcAccepted: boolean,
-    readonly abstractSyntaxUid: string,
-  ) {
-    super({}, transferSyntaxUid);
-  }
+interface ContextInfo {
+  accepted: boolean;
+  abstractSyntaxUid: string;
+  transferSyntaxUid: string;
 }
 
 interface ServerState {
@@ -132,10 +109,6 @@ interface NetworkInternals {
   lastPduTime?: number;
   timeoutIntervalId?: ReturnType<typeof setInterval>;
   association?: Association;
-  /** The DIMSE message being received, and the streams collecting its command / dataset. */
-  dimse?: unknown;
-  dimseStream?: unknown;
-  dimseStoreStream?: Writable;
 }
 
 class Connection {
@@ -153,6 +126,9 @@ class Connection {
   holdsSlot = false;
   /** Set once the association is accepted. */
   dimseGuard: DimseGuard | undefined;
+  /** Presentation contexts as negotiated, by id. */
+  contexts = new Map<number, ContextInfo>();
+  pdata!: PDataReceiver;
   unrecognizedLogged = false;
   result: AssocResult | undefined;
   detail: string | undefined;
@@ -227,6 +203,14 @@ class Connection {
   onClosed(): void {
     if (this.closed) return;
     this.closed = true;
+    // An image cut off mid-dataset: its sink removes whatever it started writing.
+    const cut = this.pdata?.receiving;
+    if (cut) {
+      cut.abort();
+      this.inFlight--;
+      this.server.inFlight--;
+    }
+    this.bytes = this.pdata?.bytes ?? this.bytes;
     if (this.lingerTimer) clearTimeout(this.lingerTimer);
     this.setResult('closed');
     this.server.connections.delete(this);
@@ -265,7 +249,7 @@ class Connection {
 }
 
 /** Scp methods dcmjs-dimse calls from its event listeners. */
-const GUARDED_HANDLERS = ['associationRequested', 'associationReleaseRequested', 'abort', 'cEchoRequest', 'cStoreRequest', 'cCancelRequest'] as const;
+const GUARDED_HANDLERS = ['associationRequested', 'associationReleaseRequested', 'abort'] as const;
 
 /** Replaces each handler of this instance by a guarded call of the class's method (the bodies stay plain). */
 function guardHandlers(scp: StorageScp): void {
@@ -288,8 +272,10 @@ class StorageScp extends Scp {
       clearInterval(internals.timeoutIntervalId);
       internals.timeoutIntervalId = undefined;
     }
-    if (typeof internals._processPdu === 'function') {
+    if (typeof internals._processPdu !== 'function') throw new Error('dcmjs-dimse internal Network._processPdu is missing');
+    {
       const processPdu = internals._processPdu.bind(this);
+      conn.pdata = new PDataReceiver(this.pdataHandler());
       socket.removeAllListeners('data');
       // Control PDUs (the A-ASSOCIATE-RQ above all) may be larger than the max PDU length, which covers P-DATA.
       const framer = new PduFramer(Math.max(conn.server.maxPdu, MAX_CONTROL_PDU), conn.server.maxPdu);
@@ -308,8 +294,14 @@ class StorageScp extends Scp {
         if (type === PDU_P_DATA_TF && conn.dimseGuard) {
           for (const step of conn.dimseGuard.inspect(pdu)) {
             if (conn.result !== undefined) return;
-            if (step.kind === 'pass') pass(step.pdu);
+            if (step.kind === 'pass') conn.pdata.onPdu(step.pdu);
             else this.guardAction(step);
+          }
+          // Bounded memory: stop reading while the image being received has too much waiting to be written.
+          const sink = conn.pdata.receiving;
+          if (sink && sink.backlogBytes > SINK_HIGH_WATER && !socket.isPaused()) {
+            socket.pause();
+            void sink.whenBelow(SINK_LOW_WATER).then(() => socket.resume());
           }
           return;
         }
@@ -389,19 +381,17 @@ class StorageScp extends Scp {
   /** Carries out what the DimseGuard decided for a P-DATA-TF PDU (see dimse-guard.ts). */
   private guardAction(step: Exclude<GuardStep, { kind: 'pass' }>): void {
     const conn = this.conn;
-    const internals = this as unknown as NetworkInternals;
     const { stats, log } = conn.server;
     switch (step.kind) {
       case 'abort':
         conn.refuse('malformed-pdu', step.why, abortPdu(AbortSource.ServiceProvider, AbortReason.InvalidPduParameter));
         return;
       case 'dataset-too-large': {
-        // Forget the C-STORE the library is collecting, and release what it holds now rather than at the end.
-        const stream = internals.dimseStoreStream;
-        internals.dimse = undefined;
-        internals.dimseStream = undefined;
-        internals.dimseStoreStream = undefined;
-        stream?.destroy();
+        // Forget the C-STORE being received: its sink lets go of (and removes) what it has.
+        if (conn.pdata.dropDataset()) {
+          conn.inFlight--;
+          conn.server.inFlight--;
+        }
         countRefusal(stats, 'dataset-too-large');
         log.warn({ associationId: conn.id, callingAe: conn.callingAe, refusal: 'dataset-too-large', limit: conn.server.limits.maxDatasetBytes }, 'C-STORE dataset over the limit: dropping it, will answer 0xA700');
         return;
@@ -420,7 +410,7 @@ class StorageScp extends Scp {
         this.sendCommand(step.pcId, encodeResponseCommand({ commandField: step.command.field | 0x8000, messageIdBeingRespondedTo: step.command.messageId, status: STATUS_UNRECOGNIZED_OPERATION, sopClassUid: step.command.sopClassUid }));
         return;
       case 'forget-partial-command':
-        internals.dimseStream = undefined;
+        conn.pdata.forgetCommand();
         return;
       case 'cancel':
         // PS3.7 9.3.2.3: no response. Our C-STOREs are answered as usual; nothing else can be pending.
@@ -489,6 +479,7 @@ class StorageScp extends Scp {
         continue;
       }
       ctx.setResult(PresentationContextResult.Accept, ts);
+      conn.contexts.set(id, { accepted: true, abstractSyntaxUid: abstract, transferSyntaxUid: ts });
       // SCP/SCU role selection: the requester may only be the SCU of the services we provide.
       if (ctx.getUserRole() !== undefined || ctx.getProviderRole() !== undefined) {
         ctx.setUserRole(true);
@@ -547,126 +538,83 @@ class StorageScp extends Scp {
     this.conn.socket.destroy();
   }
 
-  override cEchoRequest(request: CEchoRequest, callback: (response: CEchoResponse) => void): void {
-    const rsp = responses.CEchoResponse.fromRequest(request);
-    rsp.setStatus(STATUS_SUCCESS);
-    callback(rsp);
-  }
-
-  override createStoreWritableStream(acceptedPresentationContext: PresentationContext, _request: CStoreRequest): Writable {
-    return new RawCollector(acceptedPresentationContext.getPresentationContextId());
-  }
-
-  override createDatasetFromStoreWritableStream(
-    writable: Writable,
-    acceptedPresentationContext: PresentationContext,
-    callback: (dataset: Dataset) => void,
-  ): void {
-    const collector = writable as RawCollector;
-    const pc = acceptedPresentationContext;
-    const raw = collector.toBuffer();
-    collector.chunks.length = 0;
-    callback(
-      new RawDataset(
-        raw,
-        pc.getAcceptedTransferSyntaxUid() ?? '',
-        pc.getPresentationContextId(),
-        pc.getResult() === PresentationContextResult.Accept,
-        pc.getAbstractSyntaxUid(),
-      ),
-    );
-  }
-
-  override cStoreRequest(request: CStoreRequest, callback: (response: CStoreResponse) => void): void {
+  /** What P-DATA-TF messages do on this association (the DimseGuard has checked them). */
+  private pdataHandler(): PDataHandler {
     const conn = this.conn;
     const server = conn.server;
-    const ds = request.getDataset();
-    request.setDataset(undefined as unknown as Dataset); // drop our reference holder from the request
-    const sopClassUid = (request.getAffectedSopClassUid() ?? '').trim();
-    const sopInstanceUid = (request.getAffectedSopInstanceUid() ?? '').trim();
-
-    const answer = (status: number, pcId?: number): void => {
-      if (isStoredStatus(status)) {
-        conn.images++;
-        server.stats.storesSucceeded++;
-      } else {
-        conn.failed++;
-        server.stats.storesFailed++;
-      }
-      if (!conn.writable) return;
-      try {
-        if (pcId !== undefined) {
-          // Hand-encoded response: dcmjs-dimse's path (naturalized command -> dcmjs write) costs more CPU
-          // than everything else per image.
-          const command = encodeCStoreRspCommand({
-            sopClassUid,
-            sopInstanceUid,
-            messageIdBeingRespondedTo: request.getMessageId(),
-            status,
-          });
-          conn.socket.write(encodeCommandPData(pcId, command, conn.peerMaxPdu));
-        } else {
-          const rsp = responses.CStoreResponse.fromRequest(request);
-          rsp.setStatus(status);
-          callback(rsp);
+    const settled = (): void => {
+      conn.inFlight--;
+      server.inFlight--;
+      conn.lastActivity = Date.now();
+      conn.afterStoreSettled();
+      server.onSettled.splice(0).forEach((f) => f());
+    };
+    return {
+      beginStore: (pcId, cmd) => {
+        conn.inFlight++;
+        server.inFlight++;
+        const ctx = conn.contexts.get(pcId);
+        const start: StoreStart = {
+          callingAeTitle: conn.callingAe,
+          calledAeTitle: conn.calledAe,
+          peerAddress: conn.peerAddress,
+          associationId: conn.id,
+          sopClassUid: cmd.sopClassUid.trim(),
+          sopInstanceUid: cmd.sopInstanceUid.trim(),
+          transferSyntaxUid: ctx?.transferSyntaxUid ?? '',
+        };
+        if (!ctx?.accepted || ctx.abstractSyntaxUid === VERIFICATION_SOP_CLASS) {
+          server.log.warn({ associationId: conn.id, pcId }, 'C-STORE on a presentation context that was not accepted for storage');
+          return new CollectingSink(start, async () => STATUS_SOP_CLASS_NOT_SUPPORTED);
         }
-      } catch (err) {
-        server.log.warn({ associationId: conn.id, err: errorMessage(err) }, 'could not send C-STORE-RSP');
-      }
-    };
-
-    if (!(ds instanceof RawDataset) || ds.raw === undefined) {
-      server.log.warn({ associationId: conn.id }, 'C-STORE without dataset');
-      answer(STATUS_PROCESSING_FAILURE);
-      return;
-    }
-    const dataset = ds.raw;
-    ds.raw = undefined;
-    conn.bytes += dataset.length;
-    if (!ds.pcAccepted || ds.abstractSyntaxUid === VERIFICATION_SOP_CLASS) {
-      server.log.warn({ associationId: conn.id, pcId: ds.pcId }, 'C-STORE on a presentation context that was not accepted for storage');
-      answer(STATUS_SOP_CLASS_NOT_SUPPORTED, ds.pcId);
-      return;
-    }
-
-    const req: StoreRequest = {
-      callingAeTitle: conn.callingAe,
-      calledAeTitle: conn.calledAe,
-      peerAddress: conn.peerAddress,
-      associationId: conn.id,
-      sopClassUid,
-      sopInstanceUid,
-      transferSyntaxUid: ds.getTransferSyntaxUid(),
-      dataset,
-    };
-    conn.inFlight++;
-    server.inFlight++;
-    let p: Promise<number>;
-    try {
-      p = Promise.resolve(server.opts.onStore(req));
-    } catch (err) {
-      p = Promise.reject(err);
-    }
-    p.then(
-      (status) => {
-        if (typeof status === 'number' && Number.isInteger(status) && status >= 0 && status <= 0xffff) return status;
-        server.log.warn({ associationId: conn.id, status: String(status) }, 'store handler resolved to an invalid status');
-        return STATUS_PROCESSING_FAILURE;
+        if (server.opts.onStoreStream) return server.opts.onStoreStream(start);
+        return new CollectingSink(start, server.opts.onStore);
       },
-      (err: unknown) => {
-        server.log.warn({ associationId: conn.id, err: errorMessage(err) }, 'store handler failed');
-        return STATUS_PROCESSING_FAILURE;
+      endStore: (pcId, cmd, sink) => {
+        let p: Promise<number>;
+        try {
+          p = Promise.resolve(sink.end());
+        } catch (err) {
+          p = Promise.reject(err);
+        }
+        p.then(
+          (status) => {
+            if (typeof status === 'number' && Number.isInteger(status) && status >= 0 && status <= 0xffff) return status;
+            server.log.warn({ associationId: conn.id, status: String(status) }, 'store handler resolved to an invalid status');
+            return STATUS_PROCESSING_FAILURE;
+          },
+          (err: unknown) => {
+            server.log.warn({ associationId: conn.id, err: errorMessage(err) }, 'store handler failed');
+            return STATUS_PROCESSING_FAILURE;
+          },
+        )
+          .then((status) => {
+            if (isStoredStatus(status)) {
+              conn.images++;
+              server.stats.storesSucceeded++;
+            } else {
+              conn.failed++;
+              server.stats.storesFailed++;
+            }
+            this.sendCommand(pcId, encodeCStoreRspCommand({ sopClassUid: cmd.sopClassUid, sopInstanceUid: cmd.sopInstanceUid, messageIdBeingRespondedTo: cmd.messageId, status }));
+          })
+          .catch((err: unknown) => server.log.error({ associationId: conn.id, err: errorMessage(err) }, 'C-STORE answer failed'))
+          .finally(settled);
       },
-    )
-      .then((status) => answer(status, ds.pcId))
-      .catch((err: unknown) => server.log.error({ associationId: conn.id, err: errorMessage(err) }, 'C-STORE answer failed'))
-      .finally(() => {
-        conn.inFlight--;
-        server.inFlight--;
-        conn.lastActivity = Date.now();
-        conn.afterStoreSettled();
-        server.onSettled.splice(0).forEach((f) => f());
-      });
+      command: (pcId, cmd) => {
+        // The DimseGuard lets only C-ECHO and C-STORE through; a C-STORE without dataset is a failure.
+        const echo = cmd.field === COMMAND.CEchoRq;
+        this.sendCommand(pcId, encodeResponseCommand({
+          commandField: cmd.field | 0x8000, messageIdBeingRespondedTo: cmd.messageId, sopClassUid: cmd.sopClassUid,
+          sopInstanceUid: echo ? undefined : cmd.sopInstanceUid,
+          status: echo ? STATUS_SUCCESS : STATUS_PROCESSING_FAILURE,
+        }));
+      },
+      unsupported: (pcId, cmd) => {
+        this.sendCommand(pcId, encodeResponseCommand({ commandField: cmd.field | 0x8000, messageIdBeingRespondedTo: cmd.messageId, status: STATUS_UNRECOGNIZED_OPERATION, sopClassUid: cmd.sopClassUid }));
+      },
+      protocolError: (reason) => conn.refuse('malformed-pdu', reason, abortPdu(AbortSource.ServiceProvider, AbortReason.InvalidPduParameter)),
+    };
   }
 }
 
@@ -812,12 +760,10 @@ export async function startStorageScp(opts: ScpOptions): Promise<RunningScp> {
   return { port, close, stats: () => snapshotStats(state.stats) };
 }
 
-// dcmjs-dimse 0.3.3 internals relied on (verified in build/dcmjs-dimse.min.js):
-// - Network constructor calls _wrapSocket(), which adds a socket 'data' listener feeding its accumulator, which
-//   emits whole PDUs to `async _processPdu(buffer)`. We replace the 'data' listener and call _processPdu.
-// - _processPDataTf() writes each PDV value (a view into the PDU buffer, smart-buffer readBuffer does not
-//   copy) to createStoreWritableStream()'s stream; `await`s 'drain' only when write() returns false.
-// - On the last dataset fragment it calls createDatasetFromStoreWritableStream(stream, pc, cb); cb sets the
-//   Dataset on the request and emits cStoreRequest. Nothing else reads the dataset on the SCP side.
-// - The callbacks given to cStoreRequest/cEchoRequest send the response on the presentation context the
-//   request came on; they must be called at most once.
+// dcmjs-dimse internals relied on (version pinned in package.json; test/dimse-internals.test.ts checks them):
+// - Network's constructor calls _wrapSocket(), which adds a socket 'data' listener feeding its accumulator,
+//   which emits whole PDUs to `async _processPdu(buffer)`. We replace the 'data' listener and call
+//   _processPdu for every PDU but P-DATA-TF.
+// - `timeoutIntervalId` holds the library's interval timer (cleared), `lastPduTime` its activity clock.
+// - Public API: associationRequested / associationReleaseRequested / abort overrides, sendAssociationAccept,
+//   sendAssociationReject, sendAssociationReleaseResponse, sendAbort, Implementation's setters.

@@ -4,6 +4,32 @@ import type { AssociationSummary } from '../observe/events';
 import type { ScpStats } from './stats';
 import type { NetworkLimits } from './limits';
 
+/** A C-STORE whose dataset is arriving: what the command and the association say. */
+export interface StoreStart {
+  callingAeTitle: string;
+  calledAeTitle: string;
+  peerAddress: string;
+  associationId: number;
+  sopClassUid: string;
+  sopInstanceUid: string;
+  transferSyntaxUid: string;
+}
+
+/**
+ * Receives one C-STORE dataset while it arrives (opts.onStoreStream). write() gets the PDV values in order
+ * (views into received PDUs, not copied; the sink may keep them); end() comes after the last one and resolves
+ * to the status to answer, only once the image is safe; abort() when the association ends before that (the
+ * sink must leave nothing behind). While backlogBytes exceeds the SCP's limit, the socket is paused until
+ * whenBelow() resolves: memory stays bounded for any object size.
+ */
+export interface DatasetSink {
+  write(fragment: Buffer): void;
+  readonly backlogBytes: number;
+  whenBelow(bytes: number): Promise<void>;
+  end(): Promise<number>;
+  abort(): void;
+}
+
 /** One received C-STORE, handed to the application. */
 export interface StoreRequest {
   callingAeTitle: string;
@@ -42,6 +68,8 @@ export interface ScpOptions {
   port: number;
   policy: AssociationPolicy;
   onStore: StoreHandler;
+  /** When set, C-STORE datasets are handed over while they arrive instead of whole to onStore. */
+  onStoreStream?: (req: StoreStart) => DatasetSink;
   logger: Logger;
   /** Max PDU length we advertise (what peers may send us). Default 262144, clamped to [4096, 4194304]. */
   maxPduLength?: number;
