@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-// Command line: serve, anonymize, check-config, spool.
+// Command line: serve, anonymize, check-config, spool, explain.
 import { parseArgs } from 'util';
-import { existsSync, statSync } from 'fs';
+import { existsSync, readFileSync, statSync } from 'fs';
 import { join, resolve } from 'path';
 import { loadConfig } from './config/load';
 import { resolveSalt, saltPath } from './config/salt';
@@ -34,6 +34,11 @@ Usage:
       Validate the configuration and print the resolved stations and studies.
   dicom-deid-router spool --config PATH [retry]
       List the forwarding backlog and dead letters per destination; 'retry' re-queues dead letters.
+  dicom-deid-router explain --config PATH FILE [--calling-ae AE] [--show-phi] [--json]
+      Show what the configuration does to FILE: the station and study it resolves to (and why),
+      every element at every depth with its action, the rule that decided it and its value before
+      and after (masked unless --show-phi), then the PHI gate's and the burned-in policy's verdict.
+      Exit code 1 when the file would be quarantined. Nothing is written.
 
 PATH is a YAML file, or a folder with router.yaml and/or stations.json + studies.json.
 Options:
@@ -107,6 +112,9 @@ async function main(argv: string[]): Promise<number> {
         move: { type: 'boolean', default: false },
         fsync: { type: 'boolean', default: false },
         quarantine: { type: 'string' },
+        'calling-ae': { type: 'string' },
+        'show-phi': { type: 'boolean', default: false },
+        json: { type: 'boolean', default: false },
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
@@ -155,6 +163,31 @@ async function main(argv: string[]): Promise<number> {
       const logger = createLogger({ ...logOpts, level: logOpts.level ?? c.logLevel });
       const salt = resolveSalt(c, logger);
       return runServe(c, salt, logger, () => loadConfig(values.config as string));
+    }
+    case 'explain': {
+      if (positionals.length !== 1) fail('explain needs one FILE (see --help)');
+      const file = positionals[0];
+      let bytes: Buffer;
+      try {
+        bytes = readFileSync(file);
+      } catch (e) {
+        fail(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      }
+      const c = load(values.config);
+      const salt = resolveSalt(c, lazyLogger(logOpts));
+      const { explainFile, formatExplain } = await import('./commands/explain');
+      const { ImageRejected } = await import('./pipeline');
+      const showPhi = values['show-phi'] === true;
+      try {
+        const report = explainFile(c, salt, bytes, values['calling-ae'], showPhi);
+        process.stdout.write(values.json ? JSON.stringify({ file, ...report }, null, 1) + '\n' : formatExplain(file, report, showPhi));
+        return report.verdict.outcome === 'quarantined' ? 1 : 0;
+      } catch (e) {
+        if (!(e instanceof ImageRejected)) throw e;
+        const verdict = { outcome: 'quarantined', stage: e.stage, reason: e.message, status: e.status };
+        process.stdout.write(values.json ? JSON.stringify({ file, verdict }, null, 1) + '\n' : `file: ${file}\nverdict: quarantined at ${e.stage}: ${e.message}\n`);
+        return 1;
+      }
     }
     case 'spool': {
       const { runSpool } = await import('./commands/spool');

@@ -16,7 +16,7 @@ const sha = (f: string) => createHash('sha256').update(readFileSync(f)).digest('
 test('--help lists the commands; unknown command and missing args fail clearly', () => {
   const h = cli(['--help']);
   assert.equal(h.status, 0);
-  for (const c of ['serve', 'anonymize', 'check-config', 'spool']) assert.match(h.stdout, new RegExp(`dicom-deid-router ${c}`));
+  for (const c of ['serve', 'anonymize', 'check-config', 'spool', 'explain']) assert.match(h.stdout, new RegExp(`dicom-deid-router ${c}`));
   const u = cli(['frobnicate']);
   assert.equal(u.status, 2);
   assert.match(u.stderr, /unknown command "frobnicate"/);

@@ -38,8 +38,17 @@ const T = {
   CodeMeaning: 0x00080104,
 } as const;
 
+/**
+ * Optional observer of the engine's decisions (the `explain` command): called once per element of
+ * the input, at every depth, with the operation applied (`op`, when the plan decided) or a note
+ * (private data, groups that never belong in a dataset), and the element written (undefined:
+ * removed). Absent on the hot path, where it costs one test per element.
+ */
+export type DeidTrace = (input: Element, vr: string, op: Op | undefined, output: Element | undefined, note?: string) => void;
+
 /** Per-image state the operations need: values of the original top-level dataset. */
 interface Ctx {
+  trace?: DeidTrace;
   plan: StudyPlan;
   charset: string | undefined;
   top: readonly Element[];
@@ -51,8 +60,9 @@ interface Ctx {
 }
 
 /** De-identifies one object with a study's plan. Returns a new object; the input is not changed. */
-export function deidentify(obj: DicomObject, plan: StudyPlan): DicomObject {
+export function deidentify(obj: DicomObject, plan: StudyPlan, trace?: DeidTrace): DicomObject {
   const ctx: Ctx = {
+    trace,
     plan,
     charset: elementString(findElement(obj.dataset, T.SpecificCharacterSet)),
     top: obj.dataset,
@@ -94,25 +104,39 @@ function processElements(elements: readonly Element[], ctx: Ctx): Element[] {
   for (const el of elements) {
     const tag = el.tag;
     const group = tag >>> 16;
-    if ((tag & 0xffff) === 0 || tag === 0xfffcfffc) continue; // group lengths, trailing padding: recomputed/dropped
+    if ((tag & 0xffff) === 0 || tag === 0xfffcfffc) { // group lengths, trailing padding: recomputed/dropped
+      if (ctx.trace) ctx.trace(el, el.vr, undefined, undefined, 'encoding: group length or padding, not copied');
+      continue;
+    }
     // Command (0000) and file meta (0002) groups never belong in a stored dataset: the meta is
     // made anew, and copies inside the dataset carry AE titles and private information.
-    if (group === 0x0000 || group === 0x0002) continue;
+    if (group === 0x0000 || group === 0x0002) {
+      if (ctx.trace) ctx.trace(el, el.vr, undefined, undefined, 'safety net: group 0000/0002 inside the dataset');
+      continue;
+    }
     if (isPrivateTag(tag)) {
-      if (group <= 0x0007) continue; // groups 1, 3, 5, 7 may not be used at all
+      if (group <= 0x0007) { // groups 1, 3, 5, 7 may not be used at all
+        if (ctx.trace) ctx.trace(el, el.vr, undefined, undefined, 'private removal: groups 1-7 are not private groups');
+        continue;
+      }
       if (!creators) creators = privateCreators(elements);
       const kept = keepPrivate(el, creators, ctx.plan);
-      if (!kept) continue;
-      if (el.items) out.push(withItems(el, processItems(el.items, ctx)));
+      let r: Element | undefined;
+      if (!kept) r = undefined;
+      else if (el.items) r = withItems(el, processItems(el.items, ctx));
       // Safety net: UIDs in kept private data are mapped like public ones, so references into
       // the study stay consistent and no original UID survives.
-      else if (el.vr === 'UI' && ctx.plan.uidNetOp) out.push(applyOp(el, 'UI', ctx.plan.uidNetOp, elements, ctx) as Element);
-      else out.push(el);
+      else if (el.vr === 'UI' && ctx.plan.uidNetOp) r = applyOp(el, 'UI', ctx.plan.uidNetOp, elements, ctx) as Element;
+      else r = el;
+      if (r) out.push(r);
+      if (ctx.trace) ctx.trace(el, el.vr, undefined, r, !kept ? 'private removal' : r !== el && !el.items ? 'safety net: UID in kept private data' : 'private data kept');
       continue;
     }
     const vr = effectiveVr(el);
-    const r = applyOp(el, vr, resolveOp(el, vr, ctx.plan), elements, ctx);
+    const op = resolveOp(el, vr, ctx.plan);
+    const r = applyOp(el, vr, op, elements, ctx);
     if (r) out.push(r);
+    if (ctx.trace) ctx.trace(el, vr, op, r);
   }
   return out;
 }
@@ -150,7 +174,6 @@ function exemptFromVrRules(tag: number): boolean {
 // The fall-through operations, made once: most elements of an image end up here.
 const KEEP: Op = { op: 'keep' };
 const RECURSE: Op = { op: 'recurse' };
-const CLEAR: Op = { op: 'clear' };
 
 /** `vr`: effectiveVr(el), which the caller has already worked out. */
 function resolveOp(el: Element, vr: string, plan: StudyPlan): Op {
@@ -170,7 +193,21 @@ function resolveOp(el: Element, vr: string, plan: StudyPlan): Op {
   return plan.basicProfile ? unlistedOp(el, vr, plan) : el.items ? RECURSE : KEEP;
 }
 
-const DELETE: Op = { op: 'delete' };
+// The safety nets' operations, one object each, so that a trace can tell which net decided.
+const NET_OVERLAY: Op = { op: 'delete' };
+const NET_PATIENT_GROUP: Op = { op: 'delete' };
+const NET_PERSON_NAME: Op = { op: 'clear' };
+const NET_OPAQUE: Op = { op: 'delete' };
+const NET_UNKNOWN_PUBLIC: Op = { op: 'delete' };
+
+/** Which safety net an operation of unlistedOp stands for (the UID net is plan.uidNetOp). */
+export const SAFETY_NETS: ReadonlyMap<Op, string> = new Map<Op, string>([
+  [NET_OVERLAY, 'overlay or curve group (60xx, 50xx)'],
+  [NET_PATIENT_GROUP, 'group 0010 attribute the table does not list'],
+  [NET_PERSON_NAME, 'person name (PN) the table does not list'],
+  [NET_OPAQUE, 'opaque public value (UN)'],
+  [NET_UNKNOWN_PUBLIC, 'public attribute no dictionary knows'],
+]);
 
 /**
  * The safety nets: what the Basic Profile does with an attribute that neither Table E.1-1 nor a
@@ -180,17 +217,17 @@ const DELETE: Op = { op: 'delete' };
 function unlistedOp(el: Element, vr: string, plan: StudyPlan): Op {
   const group = el.tag >>> 16;
   // Curves and overlays, whole groups: descriptions, labels and comments are free text.
-  if ((group & 0xff00) === 0x5000 || (group & 0xff00) === 0x6000) return DELETE;
+  if ((group & 0xff00) === 0x5000 || (group & 0xff00) === 0x6000) return NET_OVERLAY;
   // The patient module is where new identifiers appear (alternative calendars, registration
   // numbers, issuer qualifiers): what the table does not keep goes.
-  if (group === 0x0010) return DELETE;
+  if (group === 0x0010) return NET_PATIENT_GROUP;
   switch (vr) {
-    case 'PN': return CLEAR; // a person's name in a newer attribute, or in SR content
+    case 'PN': return NET_PERSON_NAME; // a person's name in a newer attribute, or in SR content
     case 'UI': return plan.uidNetOp && !isClassUidTag(el.tag) ? plan.uidNetOp : KEEP;
-    case 'UN': return DELETE; // an opaque public value: unknown tag, or a sequence we could not read
+    case 'UN': return NET_OPAQUE; // an opaque public value: unknown tag, or a sequence we could not read
   }
   if (el.items) return RECURSE;
-  return lookupTag(el.tag) ? KEEP : DELETE; // a public attribute no dictionary knows
+  return lookupTag(el.tag) ? KEEP : NET_UNKNOWN_PUBLIC; // a public attribute no dictionary knows
 }
 
 function applyOp(el: Element, vr: string, op: Op, siblings: readonly Element[], ctx: Ctx): Element | undefined {

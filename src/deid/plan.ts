@@ -67,7 +67,7 @@ const SUPPLEMENTARY_TEXT: ReadonlyArray<readonly [number, ProfileOptionName]> = 
 ];
 
 /** Option columns in the order in which one wins when several selected options name a row. */
-const OPTION_ORDER: ProfileOptionName[] = [
+export const OPTION_ORDER: ProfileOptionName[] = [
   'retainUIDs', 'retainLongitudinalFullDates', 'retainLongitudinalModifiedDates', 'retainPatientCharacteristics',
   'retainDeviceIdentity', 'retainInstitutionIdentity', 'cleanStructuredContent', 'cleanGraphics', 'cleanDescriptors',
 ];

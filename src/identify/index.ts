@@ -12,18 +12,23 @@ function norm(s: string): string {
 /** A station listing the calling AE title, else the station named by StationName, else
  * `default`. Comparisons ignore case and padding. */
 export function resolveStation(config: RouterConfig, callingAeTitle: string | undefined, obj: DicomObject): StationConfig {
+  return matchStation(config, callingAeTitle, obj).station;
+}
+
+/** resolveStation, with what matched (for `explain`). */
+export function matchStation(config: RouterConfig, callingAeTitle: string | undefined, obj: DicomObject): { station: StationConfig; by: 'calling AE title' | 'StationName' | 'default' } {
   if (callingAeTitle) {
     const ae = norm(callingAeTitle);
-    for (const s of config.stations.values()) if (s.aeTitles.some((a) => norm(a) === ae)) return s;
+    for (const s of config.stations.values()) if (s.aeTitles.some((a) => norm(a) === ae)) return { station: s, by: 'calling AE title' };
   }
   const stationName = elementString(findElement(obj.dataset, STATION_NAME));
   if (stationName) {
     const exact = config.stations.get(stationName.trim());
-    if (exact) return exact;
+    if (exact) return { station: exact, by: 'StationName' };
     const n = norm(stationName);
-    for (const s of config.stations.values()) if (norm(s.name) === n) return s;
+    for (const s of config.stations.values()) if (norm(s.name) === n) return { station: s, by: 'StationName' };
   }
-  return config.stations.get('default') as StationConfig;
+  return { station: config.stations.get('default') as StationConfig, by: 'default' };
 }
 
 /** The study name the station's rule reads from the dataset, or undefined when the tag is absent,
