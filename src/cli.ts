@@ -66,7 +66,11 @@ function describeDestination(d: DestinationConfig): string {
 function describeConfig(c: RouterConfig): string {
   const lines: string[] = [];
   lines.push(`configuration: ${c.sources.join(', ')}`);
-  lines.push(`salt: ${c.salt ? `from ${c.salt.from}` : existsSync(saltPath(c)) ? `file ${saltPath(c)}` : `generated on first run into ${saltPath(c)}`}`);
+  const saltFrom = c.salt ? `from ${c.salt.from}`
+    : existsSync(saltPath(c)) ? `file ${saltPath(c)}`
+    : c.saltFile ? `file ${c.saltFile}, which does not exist here: serve refuses to start without it`
+    : `generated on first run into ${saltPath(c)}`;
+  lines.push(`salt: ${saltFrom}`);
   lines.push(`listen: ${c.listen.aeTitle} on ${c.listen.host}:${c.listen.port}${c.listen.allowUnknownCallers ? ' (unknown callers allowed)' : ''}`);
   lines.push(`http: ${c.http ? `${c.http.host}:${c.http.port} (/metrics, /healthz, /readyz, status page)${c.http.token ? ', Bearer token required' : ''}` : 'off'}`);
   const l = c.limits;

@@ -133,6 +133,19 @@ test('docker-compose.yml: replicas, volumes, salt secret, command and the resear
   assert.match(cfg, new RegExp(`^\\s*bind :${c.listen.port}$`, 'm'));
   assert.match(cfg, new RegExp(`http-check send meth GET uri ${READY_PATH}$`, 'm'));
   assert.match(cfg, new RegExp(`default-server check port ${c.http!.port} `, 'm'));
+  if (hasTool('haproxy')) {
+    // Debian's haproxy checks the file (the compose host names do not resolve here: those servers
+    // are only disabled, as in compose before --profile scale).
+    const checked = spawnSync('haproxy', ['-c', '-f', 'deploy/haproxy/haproxy.cfg'], { encoding: 'utf8' });
+    assert.equal(checked.status, 0, checked.stderr);
+  }
+  // Prometheus scrapes every replica's HTTP face.
+  const prom = YAML.parse(readFileSync('deploy/prometheus/prometheus.yml', 'utf8')) as Obj;
+  const job = (prom.scrape_configs as Obj[]).find((j) => j.job_name === 'dicom-deid-router')!;
+  assert.equal(job.metrics_path, '/metrics');
+  assert.deepEqual(job.static_configs[0].targets, routers.map(([name]) => `${name}:${c.http!.port}`));
+  assert.ok((compose.services.prometheus.volumes as string[]).includes('./deploy/prometheus:/etc/prometheus:ro'));
+  assert.deepEqual(prom.rule_files, ['/etc/prometheus/alerts.yml']);
   const servers = [...cfg.matchAll(/^\s*server (\S+) (\S+):(\d+)$/gm)].map((m) => [m[2], Number(m[3])]);
   assert.deepEqual(servers, routers.map(([name]) => [name, c.listen.port]));
 });
@@ -150,10 +163,10 @@ test('docker-compose.yml is valid for a real compose client, with and without --
   assert.deepEqual(resolved.services['router-1'].command, dockerFacts().cmd);
   // What runs without a profile, and what --profile scale adds (as the client resolved it).
   const profiles = Object.fromEntries(Object.entries(resolved.services as Obj).map(([n, v]) => [n, (v as Obj).profiles ?? []]));
-  assert.deepEqual(profiles, { haproxy: [], orthanc: [], 'router-1': [], 'router-2': ['scale'], 'router-3': ['scale'] });
+  assert.deepEqual(profiles, { haproxy: [], orthanc: [], prometheus: ['monitoring'], 'router-1': [], 'router-2': ['scale'], 'router-3': ['scale'] });
   const scale = run(['--profile', 'scale', 'config', '--services']);
   assert.equal(scale.status, 0, scale.stderr);
-  assert.deepEqual(scale.stdout.trim().split('\n').sort(), ['haproxy', 'orthanc', 'router-1', 'router-2', 'router-3']);
+  assert.deepEqual(scale.stdout.trim().split('\n').sort(), ['haproxy', 'orthanc', 'prometheus', 'router-1', 'router-2', 'router-3']);
   // It can fail: a broken file is refused.
   const broken = join(dir, 'broken.yml');
   writeFileSync(broken, readFileSync('docker-compose.yml', 'utf8').replace('services:', 'services:\n  bad:\n    ports: 7\n'));

@@ -144,6 +144,17 @@ describe('HTTP face: metrics, status page, token', { skip }, () => {
     assert.equal(exposition.families.get('deid_router_spool_oldest_age_seconds')?.type, 'gauge');
   });
 
+  test('every metric the alerts (deploy/prometheus/alerts.yml) and the README\'s PromQL use exists in the scrape', () => {
+    const readme = readFileSync('README.md', 'utf8');
+    const promql = [...readme.matchAll(/```promql\n([\s\S]*?)```/g)].map((m) => m[1]).join('\n');
+    const alerts = readFileSync('deploy/prometheus/alerts.yml', 'utf8');
+    assert.ok(promql.length > 200, 'the README has PromQL examples');
+    const used = new Set([...(promql + alerts).matchAll(/\b((?:deid_router|nodejs|process)_[a-z0-9_]+)\b/g)].map((m) => m[1]));
+    assert.ok(used.size >= 10, [...used].join(', '));
+    const exposed = new Set([...exposition.families.keys(), ...exposition.samples.map((x) => x.name)]);
+    for (const name of used) assert.ok(exposed.has(name), `${name} is used but not exposed`);
+  });
+
   test('token: every path but /healthz refuses a request without the Bearer token', async () => {
     assert.equal((await httpGet(httpPort, '/healthz')).status, 200);
     for (const p of ['/metrics', '/readyz', '/', '/status.json']) {

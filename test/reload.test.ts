@@ -119,3 +119,27 @@ test('SIGHUP reload with an open association: good config applied, bad config re
     }
   }
 });
+
+test('serve with its HTTP port taken: exits 3 naming the address, nothing left running', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'deid-httptaken-'));
+  const blocker = http.createServer();
+  await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', () => r()));
+  const taken = (blocker.address() as import('net').AddressInfo).port;
+  try {
+    writeFileSync(join(dir, 'router.yaml'), YAML.stringify({
+      listen: { aeTitle: 'DEID_ROUTER', host: '127.0.0.1', port: 0 },
+      http: { host: '127.0.0.1', port: taken },
+      salt: 'http-taken-test-salt-11aa',
+      stateDir: join(dir, 'state'),
+      destinations: { pacs: { type: 'dicom', aeTitle: 'NOWHERE', host: '127.0.0.1', port: 9 } },
+    }));
+    const child = spawn(process.execPath, ['dist/cli.js', 'serve', '--config', join(dir, 'router.yaml')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const code = await new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+    assert.equal(code, 3, err);
+    assert.match(err, new RegExp(`EADDRINUSE.*127\\.0\\.0\\.1:${taken}`));
+  } finally {
+    blocker.close();
+  }
+});

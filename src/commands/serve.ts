@@ -50,7 +50,7 @@ export interface RunningNode {
   stop(): Promise<void>;
 }
 
-const sameDicom = (a: ForwardTarget['dest'], b: ForwardTarget['dest']): boolean => JSON.stringify(a) === JSON.stringify(b);
+const sameDestination = (a: ForwardTarget['dest'], b: ForwardTarget['dest']): boolean => JSON.stringify(a) === JSON.stringify(b);
 
 export async function startNode(c: RouterConfig, salt: string, logger: Logger): Promise<RunningNode> {
   silenceDimseLibraries(logger);
@@ -107,7 +107,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       for (const d of next.destinations.values()) {
         if (d.type === 'folder') continue; // made by its first write; a broken one fails per image
         const old = previous?.forwards.get(d.name);
-        forwards.set(d.name, old && sameDicom(old.dest, d) ? old : await openForward(d));
+        forwards.set(d.name, old && sameDestination(old.dest, d) ? old : await openForward(d));
       }
     } catch (e) {
       // Nothing was started yet: refusing leaves the running configuration untouched.
@@ -294,7 +294,16 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     aeTitle: c.listen.aeTitle, listen: `${c.listen.host}:${scp?.port ?? c.listen.port}`, version: buildInfo().version, now: Date.now(),
     ready: readiness(), totals: await metrics.totals(), destinations: destinationViews(), activity,
   });
-  const http = c.http
+  // A port already taken (HTTP or DICOM) ends the start: what was started is stopped again.
+  let http: RunningHttpFace | undefined;
+  const undoStart = async (e: unknown): Promise<never> => {
+    await http?.close();
+    await Promise.all([...routing.forwards.values()].map((f) => f.queue.stop()));
+    linkage.close();
+    loopDelay.disable();
+    throw e;
+  };
+  http = c.http
     ? await startHttpFace(c.http, {
         metrics: async () => ({ contentType: metrics.contentType, body: await metrics.scrape() }),
         readiness,
@@ -303,7 +312,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
           const v = await statusView();
           return { ...v, activity: { startedAt: activity.startedAt, associations: activity.associations, problems: activity.problems, reloads: activity.reloads } };
         },
-      }, logger)
+      }, logger).catch(undoStart)
     : undefined;
 
   scp = await startStorageScp({
@@ -317,7 +326,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     implementationVersionName: IMPLEMENTATION_VERSION_NAME,
     onAssociationEnded: observe.associationEnded,
     limits: scpLimits(c.limits),
-  });
+  }).catch(undoStart);
   listening = true;
   logger.info({ aeTitle: c.listen.aeTitle, host: c.listen.host, port: scp.port, destinations: [...c.destinations.keys()], stations: c.stations.size, studies: c.studies.size }, 'listening');
 
