@@ -4,7 +4,7 @@
 //   node .build-test/bench/batch-bench.js [--files 2000] [--runs 1] [--keep]
 //
 // Builds an input tree of >= --files DICOM files in a temp dir by copying the corpus
-// (DEID_SHARED_DIR/corpus/phi, else ../shared/corpus/phi from the repo root) into rep0001/,
+// (DEID_PHI_DIR, else the one generated from test/data/corpus, see test/helpers/corpus.ts) into rep0001/,
 // rep0002/, ...; corpus files that gdcmanon cannot de-identify (it aborts a directory run on the
 // first one) are probed one by one and left out of BOTH tools' input. Each tool is then timed
 // wall-clock as a whole process (Node start-up included), with peak RSS from /usr/bin/time -v when
@@ -17,6 +17,7 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFile
 import { cpus, tmpdir } from 'os';
 import { basename, join, resolve } from 'path';
 import { parseArgs } from 'util';
+import { phiCorpusDir } from '../test/helpers/corpus';
 
 interface RunResult {
   tool: string;
@@ -218,8 +219,8 @@ async function main(): Promise<number> {
   const config = join(repo, 'config');
   if (!existsSync(cli)) die(`${cli} not found: run "npm run build" first (and run this from the repo root)`);
   if (!existsSync(config)) die(`${config} not found: run this from the repo root`);
-  const corpus = process.env.DEID_SHARED_DIR ? join(process.env.DEID_SHARED_DIR, 'corpus', 'phi') : resolve(repo, '../shared/corpus/phi');
-  if (!existsSync(corpus)) die(`corpus ${corpus} not found (set DEID_SHARED_DIR)`);
+  const corpus = process.env.DEID_PHI_DIR ?? phiCorpusDir();
+  if (!existsSync(corpus)) die(`corpus ${corpus} not found (DEID_PHI_DIR)`);
   const gdcmanon = ['/usr/bin/gdcmanon', '/usr/local/bin/gdcmanon'].find((p) => existsSync(p));
   if (!gdcmanon) die('gdcmanon not found (apt install libgdcm-tools)');
 

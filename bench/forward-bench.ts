@@ -10,7 +10,7 @@ import { CORPUS, makeVariants, startStorescp, tmpDir, waitFor } from '../test/he
 
 const COUNT = Number(process.argv[2] ?? 500);
 const ROUNDS = Number(process.argv[3] ?? 2);
-const SOURCE = path.join(CORPUS, 'octave__CT-MONO2-16-ankle.dcm'); // 525 KB, CT ankle, implicit VR LE
+const SOURCE = path.join(CORPUS, process.env.BENCH_SOURCE ?? 'heudiconv__01+AA+00001.dcm'); // 207 KB, MR, implicit VR LE
 
 async function runOurs(srcDir: string, maxAssociations: number): Promise<number> {
   const state = await tmpDir('bench-state-');

@@ -23,18 +23,20 @@ import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { run, startProcess, stopProcess, freePort, waitForPort, type StartedProcess } from '../test/helpers/dcmtk';
 import { makeVariants } from '../test/helpers/peers';
+import { phiCorpusDir as generatedPhiDir } from '../test/helpers/corpus';
 import { writeFileAtomicSync } from '../src/deliver/folder';
 
 // ------------------------------------------------------------------------------------------ shared helpers
 // (exported for bench/e2e-bench.ts)
 
 export const MB = 1024 * 1024;
-export const SOURCE_NAME = 'octave__CT-MONO2-16-ankle.dcm';
+// The largest implicit VR image of the in-repo corpus (the figures in bench/README.md before
+// the corpus moved into the repository used a 525 KB GPL file, octave__CT-MONO2-16-ankle.dcm).
+export const SOURCE_NAME = process.env.BENCH_SOURCE ?? 'heudiconv__01+AA+00001.dcm';
 
+/** The generated corpus with planted data (test/helpers/corpus.ts), or DEID_PHI_DIR. */
 export function phiCorpusDir(): string {
-  return process.env.DEID_SHARED_DIR
-    ? path.join(process.env.DEID_SHARED_DIR, 'corpus', 'phi')
-    : path.resolve(process.cwd(), '../shared/corpus/phi');
+  return process.env.DEID_PHI_DIR ?? generatedPhiDir();
 }
 
 /** Repository root (the bench runs from .build-test/bench/). */

@@ -4,13 +4,13 @@ import { readdirSync, readFileSync } from 'fs';
 import { join } from 'path';
 import { readPart10 } from '../src/dicom/read';
 import { writePart10 } from '../src/dicom/write';
-import { CORPUS_CLEAN, corpusAvailable } from './helpers/corpus';
+import { CORPUS_CLEAN } from './helpers/corpus';
 
 // Reading and writing back without changes must reproduce every dataset byte: that is what
 // makes "keep" mean keep, and pixel data pass through untouched.
-test('read + write reproduces the dataset bytes of every clean corpus file', { skip: !corpusAvailable() }, () => {
+test('read + write reproduces the dataset bytes of every clean corpus file', () => {
   const files = readdirSync(CORPUS_CLEAN).filter((f) => f.endsWith('.dcm'));
-  assert.ok(files.length > 70);
+  assert.ok(files.length >= 60, `only ${files.length} files`);
   let identical = 0;
   for (const f of files) {
     const input = readFileSync(join(CORPUS_CLEAN, f));

@@ -151,7 +151,7 @@ describe('forward to a PACS', { concurrency: 1 }, () => {
     // The PACS comes up only once everything is spooled, so the kill always finds a backlog.
     const pacsPort = await freePort();
     const scp = { port: pacsPort };
-    const base = CORPUS.find((f) => f.file === 'octave__CT-MONO2-16-ankle.dcm') ?? CORPUS[0];
+    const base = CORPUS.find((f) => f.file === 'heudiconv__01+AA+00001.dcm') ?? CORPUS[0];
     const variants = makeVariants(base.bytes, 300, 7);
     const list: string[] = [];
     for (const v of variants) {

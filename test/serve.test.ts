@@ -13,14 +13,14 @@ import { silentLogger } from '../src/observe/logger';
 import { readPart10 } from '../src/dicom/read';
 import { writePart10 } from '../src/dicom/write';
 import { elementString, findElement } from '../src/dicom/dataset';
-import { CORPUS_PHI, corpusAvailable } from './helpers/corpus';
+import { CORPUS_PHI } from './helpers/corpus';
 import { findLeaks } from './helpers/leaks';
 import { run, startProcess, stopProcess, waitForPort, freePort } from './helpers/dcmtk';
 import { makeVariants } from './helpers/peers';
 import { hasTool } from './helpers/tools';
 
 const SALT = 'serve-test-salt-7d3e11';
-const skip = !corpusAvailable() || !hasTool('storescu');
+const skip = !hasTool('storescu');
 
 function walk(dir: string): string[] {
   if (!existsSync(dir)) return [];
@@ -72,7 +72,7 @@ describe('storage SCP (serve)', { skip }, () => {
     const r = await run('dcmsend', ['-v', '-nh', '-aet', 'STORESCU', '-aec', 'DEID_ROUTER', '127.0.0.1', String(n.port), '--scan-directories', CORPUS_PHI], { timeoutMs: 120_000 });
     const sent = Number(/- sent to the peer\s*:\s*(\d+)/.exec(r.stderr + r.stdout)?.[1]);
     const ok = Number(/\* with status SUCCESS\s*:\s*(\d+)/.exec(r.stderr + r.stdout)?.[1]);
-    assert.ok(sent > 60, `sent ${sent}\n${r.stderr.slice(-2000)}`);
+    assert.ok(sent > 50, `sent ${sent}\n${r.stderr.slice(-2000)}`);
     assert.equal(ok, sent, r.stderr.slice(-3000));
 
     // Expected result of each file: the same pipeline, in process, with the same config and salt.
@@ -111,7 +111,7 @@ describe('storage SCP (serve)', { skip }, () => {
       if (pix(input)) assert.ok(pix(input)!.equals(pix(got)!), `${sources[0]}: pixel data differs`);
       checked++;
     }
-    assert.ok(checked > 40, `${checked}`);
+    assert.ok(checked > 30, `${checked}`);
     assert.ok(compressed >= 10, `compressed checked: ${compressed}`);
     const leaks = outputs.map((o) => [relative(n.out, o), findLeaks(readFileSync(o))] as const).filter(([, l]) => l.length);
     assert.deepEqual(leaks, []);

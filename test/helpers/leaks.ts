@@ -1,6 +1,6 @@
 import { inflateRawSync } from 'zlib';
 
-/** Markers planted in ../shared/corpus/phi (see its README): none may survive de-identification. */
+/** Markers planted by make-phi.ts (phiCorpusDir() in corpus.ts): none may survive de-identification. */
 export const PHI_MARKERS: Buffer[] = [
   'ZZPHI', 'ZZPID', 'ZZACC', 'ZZINST', 'ZZREF', 'ZZSTN', 'STUDYA^T1', 'ZZDESC', 'ZZOTHERID', 'ZZISSUER',
   'ZZNEST', 'ZZPRIV', 'ZZRPID', 'ZZSPS', '19710203', '20230917',

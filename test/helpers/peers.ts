@@ -9,8 +9,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
 import { datasetSopUids, parsePart10Meta, type Part10Meta } from '../../src/deliver/spool';
+import { CLEAN_DIR } from './corpus';
 
-export const CORPUS = process.env.CORPUS_DIR ?? path.resolve(__dirname, '../../../../shared/corpus/clean');
+export const CORPUS = process.env.CORPUS_DIR ?? CLEAN_DIR;
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
