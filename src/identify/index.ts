@@ -79,10 +79,14 @@ export function resolveStudy(config: RouterConfig, callingAeTitle: string | unde
   return { station, study: fallback, studyName: DEFAULT_STUDY, unknown: true };
 }
 
-/** A study name made safe as one path component. */
+/** Characters a study name may not bring into a path: separators, characters some file systems
+ * refuse, and controls, format characters (bidi overrides, zero width) and broken surrogates that
+ * would make the name look like something else in a listing or a terminal. */
+const UNSAFE_IN_PATH = /[\p{Cc}\p{Cf}\p{Cs}\p{Zl}\p{Zp}/\\:*?"<>|]/gu;
+
+/** A study name made safe as one path component: never empty, `.` or `..`, never hidden, at most
+ * 64 characters (whole characters, not UTF-16 halves), and sanitizing it again changes nothing. */
 export function sanitizePathComponent(name: string): string {
-  let s = name.replace(/[\x00-\x1f\x7f/\\:*?"<>|]/g, '_').trim();
-  s = s.replace(/^\.+/, '_');
-  if (!s) s = '_';
-  return s.slice(0, 64);
+  const s = name.replace(UNSAFE_IN_PATH, '_').trim().replace(/^\.+/, '_');
+  return [...s].slice(0, 64).join('').trim() || '_';
 }
