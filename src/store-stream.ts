@@ -93,6 +93,7 @@ export class StreamingImage implements DatasetSink {
   private head: Buffer | undefined;
   private keepBulk = false;
   private firstBulkTag = -1;
+  private elementsAtLastRun = 0;
   private failure: { status: number; reason: string } | undefined;
   private readonly t0 = now();
   private bytes = 0;
@@ -162,7 +163,9 @@ export class StreamingImage implements DatasetSink {
     const report = (status: number, reason?: string): void =>
       this.deps.finished?.(this.routed, status, { bytes: this.bytes, engineMs: this.engineMs, storeMs: now() - t1, reason });
     try {
-      if (this.mode === 'streaming') {
+      // Elements after the last bulk value need one more run of the engine; none, no run (the output of
+      // the last run already covers everything).
+      if (this.mode === 'streaming' && this.elements.length > this.elementsAtLastRun) {
         const r = this.runEngine();
         this.checkAgrees(r);
         const tail = r.output!.dataset.filter((e) => e.tag > this.writtenThrough);
@@ -261,6 +264,7 @@ export class StreamingImage implements DatasetSink {
 
   private runEngine(): RoutedImage {
     const t = now();
+    this.elementsAtLastRun = this.elements.length;
     try {
       const obj: DicomObject = {
         meta: [], dataset: this.elements, transferSyntaxUid: this.start.transferSyntaxUid,

@@ -95,6 +95,8 @@ export class DurableFile {
   pending = 0;
   size = 0;
   private drainWaiters: Array<() => void> = [];
+  private queue: Buffer[] = [];
+  private pumping = false;
 
   constructor(private readonly w: DurableWriter, readonly path: string, dirMode = 0o755) {
     const dir = dirname(path);
@@ -119,31 +121,59 @@ export class DurableFile {
     this.tail.catch((e: unknown) => (this.failed ??= e));
   }
 
-  /** Queue chunks to be written after everything appended before. The buffers must not change until written. */
+  /** Queue chunks to be written after everything appended before. The buffers must not change until written.
+   * Chunks appended while a write is running go out together in the next writev: one trip through the
+   * thread pool per batch, not per PDV. */
   append(chunks: readonly Buffer[]): void {
     if (this.done) throw new Error('append after commit/abort');
     let n = 0;
-    for (const c of chunks) n += c.length;
+    for (const c of chunks) {
+      if (c.length === 0) continue;
+      this.queue.push(c);
+      n += c.length;
+    }
     if (n === 0) return;
     this.pending += n;
     this.size += n;
-    const list = chunks.slice();
-    this.tail = this.tail.then(async () => {
-      if (this.failed) return;
+    if (!this.pumping) {
+      this.pumping = true;
+      this.tail = this.pump();
+    }
+  }
+
+  private async pump(): Promise<void> {
+    try {
       const fd = await this.fd;
-      const t0 = hrMs();
-      await writeAll(fd, list);
-      this.w.stats.writeMs += hrMs() - t0;
-    }).catch((e: unknown) => {
-      this.failed ??= e;
-    }).finally(() => {
-      this.pending -= n;
-      if (this.pending === 0 || this.failed) {
-        const w = this.drainWaiters;
-        this.drainWaiters = [];
-        w.forEach((f) => f());
+      while (this.queue.length && !this.failed) {
+        const batch = this.queue;
+        this.queue = [];
+        let n = 0;
+        for (const c of batch) n += c.length;
+        const t0 = hrMs();
+        try {
+          await writeAll(fd, batch);
+        } finally {
+          this.w.stats.writeMs += hrMs() - t0;
+          this.pending -= n;
+          this.wakeDrainWaiters();
+        }
       }
-    });
+    } catch (e) {
+      this.failed ??= e;
+    } finally {
+      this.pumping = false;
+      if (this.failed) {
+        this.queue = [];
+        this.pending = 0;
+        this.wakeDrainWaiters();
+      }
+    }
+  }
+
+  private wakeDrainWaiters(): void {
+    const w = this.drainWaiters;
+    this.drainWaiters = [];
+    w.forEach((f) => f());
   }
 
   /** Resolves once fewer than `limit` bytes wait to be written (or the file failed). */
