@@ -172,8 +172,10 @@ test('network fuzz: the node survives hostile and broken peers, keeps serving, l
   const dir = mkdtempSync(join(tmpdir(), 'deid-fuzz-'));
   const out = join(dir, 'outgoing');
   const port = await freePort();
+  const httpPort = await freePort();
   writeFileSync(join(dir, 'router.yaml'), YAML.stringify({
     listen: { aeTitle: AE, host: HOST, port },
+    http: { host: HOST, port: httpPort },
     stateDir: join(dir, 'state'),
     destinations: { outgoing: { type: 'folder', path: out } },
     stations: { fuzz: { TagForStudy: 'ProtocolName', AETitles: [CALLER] } },
@@ -440,6 +442,13 @@ test('network fuzz: the node survives hostile and broken peers, keeps serving, l
       }
       if (onDisk.get(img.marker.toString('latin1')) !== true) lost++;
     }
+
+    // Refusals are counted where operators look: /metrics.
+    const metrics = await (await fetch(`http://${HOST}:${httpPort}/metrics`)).text();
+    const refusals = (reason: string) => Number(new RegExp(`scp_refusals_total\\{reason="${reason}"\\} (\\d+)`).exec(metrics)?.[1] ?? 0);
+    assert.equal(refusals('too-many-presentation-contexts'), tried['hostile A-ASSOCIATE-RQs']);
+    assert.equal(refusals('dataset-too-large'), tried['oversized datasets']);
+    assert.ok(refusals('malformed-pdu') > 0);
 
     await stopProcess(node, 10_000);
     const exit = await node.exited;

@@ -325,6 +325,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     implementationClassUid: IMPLEMENTATION_CLASS_UID,
     implementationVersionName: IMPLEMENTATION_VERSION_NAME,
     onAssociationEnded: observe.associationEnded,
+    onRefused: observe.refused,
     limits: scpLimits(c.limits),
   }).catch(undoStart);
   listening = true;

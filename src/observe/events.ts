@@ -18,6 +18,13 @@ export interface AssociationSummary {
   detail?: string;
 }
 
+/** An association, connection or DIMSE message refused or ended by the storage SCP: a limit, a bad PDU, an
+ * operation we do not provide. `kind` is one of src/receive/stats.ts RefusalKind. */
+export interface RefusalEvent {
+  kind: string;
+  callingAe: string;
+}
+
 /** What became of one received image. `station` and `study` are configured names. */
 export interface ImageEvent {
   callingAe: string;
@@ -63,6 +70,7 @@ export interface NodeObserver {
   image?(i: ImageEvent): void;
   forwarded?(f: ForwardEvent): void;
   reloaded?(r: ReloadEvent): void;
+  refused?(r: RefusalEvent): void;
 }
 
 /** The state of one destination now (pulled when metrics are scraped or the page is drawn). */
@@ -86,5 +94,6 @@ export function fanOut(...observers: NodeObserver[]): Required<NodeObserver> {
     image: (i) => observers.forEach((o) => o.image?.(i)),
     forwarded: (f) => observers.forEach((o) => o.forwarded?.(f)),
     reloaded: (r) => observers.forEach((o) => o.reloaded?.(r)),
+    refused: (r) => observers.forEach((o) => o.refused?.(r)),
   };
 }

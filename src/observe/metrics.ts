@@ -2,7 +2,7 @@
 // NodeObserver hooks; spool and destination gauges are read from the node when scraped. Label
 // values are configured names, AE titles, DIMSE statuses and stages: bounded, and never data.
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { AssociationSummary, DestinationView, ForwardEvent, ImageEvent, NodeObserver, ReloadEvent } from './events';
+import type { AssociationSummary, DestinationView, ForwardEvent, ImageEvent, NodeObserver, RefusalEvent, ReloadEvent } from './events';
 import { buildInfo } from './build-info';
 import { statusHex } from '../deliver/spool';
 
@@ -36,6 +36,7 @@ export class RouterMetrics implements NodeObserver {
   private readonly deidSeconds: Histogram<'study'>;
   private readonly storeSeconds: Histogram<'study'>;
   private readonly reloads: Counter<'result'>;
+  private readonly refusals: Counter<'reason'>;
   private readonly flagged: Counter<'station' | 'study' | 'check'>;
 
   constructor(destinations: () => DestinationView[]) {
@@ -61,6 +62,7 @@ export class RouterMetrics implements NodeObserver {
       buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
     });
     this.flagged = new Counter({ name: `${PREFIX}images_flagged_total`, help: 'Images stored with a note from a check: burned-in-unknown (BurnedInUnknown: flag), phi-gate-warn (PhiGate: warn)', labelNames: ['station', 'study', 'check'], registers });
+    this.refusals = new Counter({ name: `${PREFIX}scp_refusals_total`, help: 'Associations, connections and DIMSE messages the storage SCP refused or ended, by reason (limits, malformed PDUs, unrecognized operations; see README limits)', labelNames: ['reason'], registers });
     this.reloads = new Counter({ name: `${PREFIX}config_reloads_total`, help: 'SIGHUP reloads, by result (applied, refused)', labelNames: ['result'], registers });
 
     // Read from the node at scrape time.
@@ -88,6 +90,10 @@ export class RouterMetrics implements NodeObserver {
     });
     // Event-loop delay (nodejs_eventloop_lag_*), heap, CPU, file descriptors.
     collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 10 });
+  }
+
+  refused(r: RefusalEvent): void {
+    this.refusals.inc({ reason: r.kind });
   }
 
   associationEnded(a: AssociationSummary): void {

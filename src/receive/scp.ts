@@ -103,6 +103,16 @@ interface ServerState {
   stats: ScpStats;
 }
 
+/** Counts a refusal and tells the application (metrics). */
+function countRefused(state: ServerState, kind: RefusalKind, callingAe: string): void {
+  countRefusal(state.stats, kind);
+  try {
+    state.opts.onRefused?.({ kind, callingAe });
+  } catch (err) {
+    state.log.warn({ err: errorMessage(err) }, 'onRefused observer failed');
+  }
+}
+
 /** Internals of dcmjs-dimse's Network we touch; all optional so a changed library degrades gracefully. */
 interface NetworkInternals {
   _processPdu?: (pdu: Buffer) => Promise<void>;
@@ -174,7 +184,7 @@ class Connection {
    * logged once, counted, and answered with the given PDU (or an A-ABORT when associated), then closed. */
   refuse(kind: RefusalKind, detail: string, answer?: Buffer, fields?: Record<string, unknown>): void {
     if (this.result !== undefined) return;
-    countRefusal(this.server.stats, kind);
+    countRefused(this.server, kind, this.callingAe);
     this.server.log.warn({ associationId: this.id, callingAe: this.callingAe || undefined, peer: this.peerAddress, refusal: kind, detail, ...fields }, 'association refused or ended by us');
     const rejected = answer !== undefined && answer[0] === 0x03;
     if (rejected) this.server.stats.associationsRejected++;
@@ -392,7 +402,7 @@ class StorageScp extends Scp {
           conn.inFlight--;
           conn.server.inFlight--;
         }
-        countRefusal(stats, 'dataset-too-large');
+        countRefused(conn.server, 'dataset-too-large', conn.callingAe);
         log.warn({ associationId: conn.id, callingAe: conn.callingAe, refusal: 'dataset-too-large', limit: conn.server.limits.maxDatasetBytes }, 'C-STORE dataset over the limit: dropping it, will answer 0xA700');
         return;
       }
@@ -402,7 +412,7 @@ class StorageScp extends Scp {
         this.sendCommand(step.pcId, encodeCStoreRspCommand({ sopClassUid: step.command.sopClassUid, sopInstanceUid: step.command.sopInstanceUid, messageIdBeingRespondedTo: step.command.messageId, status: STATUS_OUT_OF_RESOURCES }));
         return;
       case 'unrecognized':
-        countRefusal(stats, 'unrecognized-operation');
+        countRefused(conn.server, 'unrecognized-operation', conn.callingAe);
         if (!conn.unrecognizedLogged) {
           conn.unrecognizedLogged = true;
           log.warn({ associationId: conn.id, callingAe: conn.callingAe, refusal: 'unrecognized-operation', commandField: `0x${step.command.field.toString(16).padStart(4, '0')}` }, 'DIMSE operation not provided: answered 0x0211 (logged once per association)');

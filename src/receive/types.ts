@@ -1,6 +1,6 @@
 // Public types of the storage SCP network layer. Nothing here knows about de-identification.
 import type { Logger } from 'pino';
-import type { AssociationSummary } from '../observe/events';
+import type { AssociationSummary, RefusalEvent } from '../observe/events';
 import type { ScpStats } from './stats';
 import type { NetworkLimits } from './limits';
 
@@ -85,6 +85,8 @@ export interface ScpOptions {
   limits?: Partial<NetworkLimits>;
   /** Told of every association when it ends (metrics, status page). */
   onAssociationEnded?: (a: AssociationSummary) => void;
+  /** Something refused or ended by us because of a limit or a bad peer (also counted in RunningScp.stats()). */
+  onRefused?: (r: RefusalEvent) => void;
 }
 
 export interface RunningScp {
