@@ -59,7 +59,7 @@ test('SIGHUP reload with an open association: good config applied, bad config re
   const count = (msg: string) => lines().filter((l) => l.msg === msg).length;
   let assoc: StoreAssociation | undefined;
   try {
-    await waitFor(() => line('listening') !== undefined || child.exitCode !== null, 15_000, 'serve to listen');
+    await waitFor(() => line('listening') !== undefined || child.exitCode !== null, 60_000, 'serve to listen');
     assert.equal(child.exitCode, null, log);
     const port = line('listening')!.port as number;
     const httpPort = line('HTTP face listening (/metrics, /healthz, /readyz, /)')!.port as number;

@@ -60,7 +60,7 @@ async function startReplica(r: Replica): Promise<void> {
   await waitFor(() => {
     if (child.exitCode !== null) throw new Error(`${r.name} exited: ${r.log}`);
     return r.log.includes('"msg":"listening"');
-  }, 15_000, `${r.name} to listen`);
+  }, 60_000, `${r.name} to listen`);
 }
 
 async function stopReplica(r: Replica): Promise<void> {

@@ -7,6 +7,8 @@ import type { MetricTotals } from './metrics';
 import { statusHex } from '../deliver/spool';
 
 const KEEP = 25;
+/** A spool whose oldest image waits longer than this is shown as needing attention. */
+export const STUCK_AFTER_SECONDS = 900;
 
 export interface RecentAssociation extends AssociationSummary { endedAt: number }
 export interface RecentProblem { at: number; callingAe: string; station: string; study: string; outcome: string; stage: string; status: string; reason: string }
@@ -74,7 +76,7 @@ function table(id: string, head: string[], rows: unknown[][], empty: string): st
 export function renderStatusPage(v: StatusView): string {
   const t = v.totals;
   const figure = (id: string, label: string, n: number) => `<div class="fig"><span class="n" id="${id}">${n}</span><span class="l">${esc(label)}</span></div>`;
-  const stuck = v.destinations.filter((d) => d.state === 'down' || d.deadLetters > 0);
+  const stuck = v.destinations.filter((d) => d.state === 'down' || d.deadLetters > 0 || (d.backlog > 0 && d.oldestAgeSeconds > STUCK_AFTER_SECONDS));
   const lastReload = v.activity.reloads[0];
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
