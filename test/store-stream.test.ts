@@ -23,6 +23,7 @@ import { buildAssociateRq } from '../src/deliver/dimse-scu';
 import { startNode } from '../src/commands/serve';
 import { el, sq } from './helpers/build';
 import { CORPUS_PHI, corpusAvailable } from './helpers/corpus';
+import { CT, ILE, ORIG, TSX, ctElements, encodeDataset, part10, s } from './fixtures/craft';
 import { run } from './helpers/dcmtk';
 import { hasTool } from './helpers/tools';
 
@@ -256,13 +257,18 @@ describe('streaming C-STORE path', () => {
   });
 });
 
-describe('streaming over the network', { skip: !corpusAvailable() }, () => {
+describe('streaming over the network', () => {
   test('association aborted in the middle of an image: no visible output, no temp file; the next image is stored', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'store-stream-net-'));
     const node = await startNode(config(dir), SALT, silentLogger());
     const out = join(dir, 'outgoing');
     try {
-      const file = readFileSync(join(CORPUS_PHI, 'octave__CT-MONO2-16-ankle.dcm'));
+      // A 512 x 512 CT, implicit VR, made here (test/fixtures/craft.ts): large enough to be cut.
+      const ctPath = join(dir, 'ct-512.dcm');
+      const pixels = Buffer.alloc(512 * 512 * 2, 0x5a);
+      const els = ctElements([s(0x00280010, 'US', [512]), s(0x00280011, 'US', [512])]).map((e) => (e.tag === 0x7fe00010 ? s(0x7fe00010, 'OW', pixels) : e));
+      writeFileSync(ctPath, part10(encodeDataset(els, ILE), { sopClass: CT, sopInstance: ORIG.sop, ts: TSX.ImplicitLE }));
+      const file = readFileSync(ctPath);
       const ts = TS.ImplicitLE; // as the file is
       const meta = file.indexOf('DICM') + 4;
       const metaEnd = meta + 12 + file.readUInt32LE(meta + 8);
@@ -301,7 +307,7 @@ describe('streaming over the network', { skip: !corpusAvailable() }, () => {
       while (listing().length > 0 && Date.now() < deadline2) await new Promise((r) => setTimeout(r, 10));
       assert.deepEqual(listing(), []);
       if (hasTool('storescu')) {
-        const r = await run('storescu', ['-xi', '-aet', 'STORESCU', '-aec', 'DEID_ROUTER', '127.0.0.1', String(node.scp.port), join(CORPUS_PHI, 'octave__CT-MONO2-16-ankle.dcm')]);
+        const r = await run('storescu', ['-xi', '-aet', 'STORESCU', '-aec', 'DEID_ROUTER', '127.0.0.1', String(node.scp.port), ctPath]);
         assert.equal(r.code, 0, r.stderr);
         const stored = listing();
         assert.equal(stored.length, 1);

@@ -222,7 +222,7 @@ class Reader {
 }
 
 /** A public attribute whose dictionary VR is SQ: its value is a sequence whatever VR it came with. */
-function isSequenceTag(tag: number): boolean {
+export function isSequenceTag(tag: number): boolean {
   return !isPrivateTag(tag) && lookupTag(tag)?.vr === 'SQ';
 }
 

@@ -9,6 +9,7 @@
 // the bulk value starts: the de-identified header can be written before the bulk data arrives.
 import { DicomParseError } from './dataset';
 import { implicitVr } from './dictionary';
+import { isSequenceTag } from './read';
 import { slotHasLongLength, vrAtSlot, vrSlot } from './vr';
 import type { Syntax } from './uids';
 
@@ -173,15 +174,20 @@ export class DatasetSplitter {
     if (!h) return { end: NEED_MORE, want: pos + 12 };
     const { tag, vr, length, valuePos } = h;
     const eligible = tag > LAST_HEADER_TAG && tag !== ITEM && tag !== ITEM_DELIM && tag !== SEQ_DELIM;
+    // A sequence attribute that arrived as OB or UN is a whole element, never bulk: the engine must
+    // read and de-identify its items (the buffered reader does, and a stand-in would be removed).
+    const sequence = vr !== 'SQ' && isSequenceTag(tag);
     if (length === UNDEFINED) {
-      if (vr === 'SQ' || vr === 'UN' || !this.syntax.explicit) {
-        const end = this.skipItems(buf, valuePos, vr === 'UN' && this.syntax.explicit ? IMPLICIT : this.syntax);
+      if (vr === 'SQ' || vr === 'UN' || !this.syntax.explicit || sequence) {
+        const itemSyntax = vr === 'SQ' || !this.syntax.explicit ? this.syntax : this.misencodedItemSyntax(buf, valuePos);
+        if (!itemSyntax) return { end: NEED_MORE, want: 0 };
+        const end = this.skipItems(buf, valuePos, itemSyntax);
         return { end, want: 0 };
       }
       if (eligible) return { end: NEED_MORE, want: 0, bulk: { tag, vr, length: undefined, valuePos } };
       return { end: this.skipFragments(buf, valuePos), want: 0 };
     }
-    if (BULK_VRS.has(vr) && eligible && length >= this.bulkMin) return { end: NEED_MORE, want: 0, bulk: { tag, vr, length, valuePos } };
+    if (BULK_VRS.has(vr) && eligible && length >= this.bulkMin && !sequence) return { end: NEED_MORE, want: 0, bulk: { tag, vr, length, valuePos } };
     const end = valuePos + length;
     return end <= buf.length ? { end, want: 0 } : { end: NEED_MORE, want: end };
   }
@@ -201,6 +207,17 @@ export class DatasetSplitter {
       return { tag, vr, length: le ? buf.readUInt32LE(pos + 8) : buf.readUInt32BE(pos + 8), valuePos: pos + 12 };
     }
     return { tag, vr, length: u16(pos + 6), valuePos: pos + 8 };
+  }
+
+  /** Items of a sequence sent as UN or OB: implicit VR LE (PS3.5 6.2.2) unless the first element
+   * of the first item spells a VR, as the reader decides (Reader.itemSyntaxAt). */
+  private misencodedItemSyntax(buf: Buffer, pos: number): Syntax | undefined {
+    if (!this.syntax.littleEndian) return IMPLICIT;
+    if (pos + 4 > buf.length) return undefined;
+    if (buf.readUInt16LE(pos) === 0xfffe && buf.readUInt16LE(pos + 2) === 0xe0dd) return IMPLICIT; // no items
+    const e = pos + 8;
+    if (e + 6 > buf.length) return undefined; // decided when the first element's header is here
+    return vrSlot(buf[e + 4], buf[e + 5]) >= 0 ? this.syntax : IMPLICIT;
   }
 
   /** End of a sequence's items starting at pos (through its delimiter), or NEED_MORE. */
@@ -225,9 +242,14 @@ export class DatasetSplitter {
           break;
         }
         if (e.length === UNDEFINED) {
-          const end = e.vr === 'SQ' || e.vr === 'UN' || !syntax.explicit
-            ? this.skipItems(buf, e.valuePos, e.vr === 'UN' && syntax.explicit ? IMPLICIT : syntax)
-            : this.skipFragments(buf, e.valuePos);
+          let end: number;
+          if (e.vr === 'SQ' || e.vr === 'UN' || !syntax.explicit || isSequenceTag(e.tag)) {
+            const itemSyntax = e.vr === 'SQ' || !syntax.explicit ? syntax : this.misencodedItemSyntax(buf, e.valuePos);
+            if (!itemSyntax) return NEED_MORE;
+            end = this.skipItems(buf, e.valuePos, itemSyntax);
+          } else {
+            end = this.skipFragments(buf, e.valuePos);
+          }
           if (end < 0) return NEED_MORE;
           pos = end;
         } else {
