@@ -56,15 +56,6 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
   silenceDimseLibraries(logger);
   // A state directory we cannot write would fail only at the first quarantined or spooled image.
   checkWritableDir(c.stateDir, 'state directory');
-  for (const d of c.destinations.values()) {
-    if (d.type !== 'folder') continue;
-    // An unreadable folder is not fatal here: each image says what is wrong with it.
-    const removed = await removeTempFiles(d.path, true).catch((e: unknown) => {
-      logger.warn({ destination: d.name, err: errorCode(e) }, 'cannot look for temp files in the outgoing folder');
-      return 0;
-    });
-    if (removed) logger.info({ destination: d.name, removed }, 'removed temp files an earlier run left in the outgoing folder');
-  }
   // Every durable write of the C-STORE path goes through one writer: off the event loop, folder
   // fsyncs shared between images that finish together.
   const writer = new DurableWriter();
@@ -314,6 +305,18 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
         },
       }, logger).catch(undoStart)
     : undefined;
+
+  // Walks each outgoing folder: long on a large one, so after the HTTP face is up (/healthz
+  // answers, /readyz says not listening yet).
+  for (const d of c.destinations.values()) {
+    if (d.type !== 'folder') continue;
+    // An unreadable folder is not fatal here: each image says what is wrong with it.
+    const removed = await removeTempFiles(d.path, true).catch((e: unknown) => {
+      logger.warn({ destination: d.name, err: errorCode(e) }, 'cannot look for temp files in the outgoing folder');
+      return 0;
+    });
+    if (removed) logger.info({ destination: d.name, removed }, 'removed temp files an earlier run left in the outgoing folder');
+  }
 
   scp = await startStorageScp({
     host: c.listen.host,
