@@ -194,38 +194,39 @@ function patientNeedles(top: readonly Element[], kept: Set<IdentifierKind>, deco
 const UID_KINDS: ReadonlySet<IdentifierKind> = new Set(['StudyInstanceUID', 'SeriesInstanceUID', 'SOPInstanceUID', 'FrameOfReferenceUID']);
 const PATIENT_SOURCE_TAGS = [T.SpecificCharacterSet, ...SOURCES.filter(([k]) => !UID_KINDS.has(k)).map(([, t]) => t)];
 
-/** The raw bytes the patient needles come from, copied (inputs may live in a reused buffer):
- * consecutive images of one patient and visit have the same, and reuse the needles. */
-function patientKey(top: readonly Element[]): Buffer {
-  const parts: Buffer[] = [];
+/** The raw values the patient needles come from. Consecutive images of one patient and visit have
+ * the same, and reuse the needles; the cache keeps copies (inputs may live in a reused buffer). */
+function patientSources(top: readonly Element[]): Array<Buffer | null> {
+  const parts: Array<Buffer | null> = [];
   for (const tag of PATIENT_SOURCE_TAGS) {
     const el = findElement(top, tag);
-    if (el?.items) for (const it of el.items) parts.push(findElement(it.elements, T.PatientID)?.value ?? EMPTY);
-    else parts.push(el?.value ?? EMPTY);
+    if (el?.items) for (const it of el.items) parts.push(findElement(it.elements, T.PatientID)?.value ?? null);
+    else parts.push(el?.value ?? null);
   }
-  let size = 0;
-  for (const p of parts) size += 4 + p.length;
-  const key = Buffer.allocUnsafe(size);
-  let o = 0;
-  for (const p of parts) {
-    o = key.writeUInt32LE(p.length, o);
-    o += p.copy(key, o);
-  }
-  return key;
+  return parts;
 }
-const EMPTY = Buffer.alloc(0);
+
+function sameSources(a: ReadonlyArray<Buffer | null>, b: ReadonlyArray<Buffer | null>): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i];
+    const y = b[i];
+    if (x === null || y === null ? x !== y : !x.equals(y)) return false;
+  }
+  return true;
+}
 
 /** Last patient seen per plan, with its needles. */
-const patientCache = new WeakMap<StudyPlan, { key: Buffer; needles: Needle[] }>();
+const patientCache = new WeakMap<StudyPlan, { sources: Array<Buffer | null>; needles: Needle[] }>();
 
 function collectNeedles(input: DicomObject, plan: StudyPlan): Needles {
   const top = input.dataset;
   const kept = deliberatelyKept(plan);
-  const key = patientKey(top);
+  const sources = patientSources(top);
   let cached = patientCache.get(plan);
-  if (!cached || !cached.key.equals(key)) {
+  if (!cached || !sameSources(cached.sources, sources)) {
     const decode = textDecoderFor(elementString(findElement(top, T.SpecificCharacterSet)));
-    cached = { key, needles: patientNeedles(top, kept, decode) };
+    cached = { sources: sources.map((b) => (b === null ? null : Buffer.from(b))), needles: patientNeedles(top, kept, decode) };
     patientCache.set(plan, cached);
   }
   const text = cached.needles.slice();
