@@ -4,7 +4,7 @@
 // and say why.
 import { test, describe, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, utimesSync, writeFileSync } from 'fs';
 import { tmpdir } from 'os';
 import { join } from 'path';
 import YAML from 'yaml';
@@ -116,18 +116,24 @@ describe('a downstream consumer takes folders away', { skip }, () => {
     }
   });
 
-  test('temp files a killed run left in outgoing series folders are removed at start; finished files stay', async () => {
+  test('temp files a killed run left in outgoing series folders are removed at start; finished files and a live replica\'s temp file stay', async () => {
     let series = '';
+    const live = `${TEMP_PREFIX}5e5e5e5e5e5e-0.tmp`;
     const n = await startTestNode('leftovers', (out) => {
       series = join(out, 'STUDYA', '1.2.3', '1.2.3.4');
       mkdirSync(series, { recursive: true });
-      writeFileSync(join(series, `${TEMP_PREFIX}0a1b2c3d4e5f6a7b.tmp`), 'half an image');
-      writeFileSync(join(out, 'STUDYA', '1.2.3', `${TEMP_PREFIX}7b6a5f4e3d2c1b0a.tmp`), 'half an image');
+      const old = new Date(Date.now() - 2 * 3600_000);
+      for (const f of [join(series, `${TEMP_PREFIX}0a1b2c3d4e5f6a7b.tmp`), join(out, 'STUDYA', '1.2.3', `${TEMP_PREFIX}7b6a5f4e3d2c1b0a.tmp`)]) {
+        writeFileSync(f, 'half an image');
+        utimesSync(f, old, old);
+      }
+      // Another replica sharing the folder, streaming an image into it right now.
+      writeFileSync(join(series, live), 'an image arriving');
       writeFileSync(join(series, '1.2.3.4.5.dcm'), 'a finished file');
     });
     try {
-      assert.deepEqual(tempFiles(n.out), []);
-      assert.deepEqual(readdirSync(series), ['1.2.3.4.5.dcm']);
+      assert.deepEqual(tempFiles(n.out).map((f) => f.split('/').pop()), [live]);
+      assert.deepEqual(readdirSync(series).sort(), [live, '1.2.3.4.5.dcm'].sort());
     } finally {
       await n.node.stop();
     }

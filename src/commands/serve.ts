@@ -50,6 +50,11 @@ export interface RunningNode {
   stop(): Promise<void>;
 }
 
+/** A temp file in an outgoing folder untouched this long is a killed run's leftover; younger ones may
+ * be another replica's image being streamed into a shared folder (a live one is written to at
+ * least every association idle timeout, or its association is aborted). */
+const LEFTOVER_TEMP_AGE_MS = 60 * 60_000;
+
 const sameDestination = (a: ForwardTarget['dest'], b: ForwardTarget['dest']): boolean => JSON.stringify(a) === JSON.stringify(b);
 
 export async function startNode(c: RouterConfig, salt: string, logger: Logger): Promise<RunningNode> {
@@ -311,7 +316,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
   for (const d of c.destinations.values()) {
     if (d.type !== 'folder') continue;
     // An unreadable folder is not fatal here: each image says what is wrong with it.
-    const removed = await removeTempFiles(d.path, true).catch((e: unknown) => {
+    const removed = await removeTempFiles(d.path, true, { olderThanMs: LEFTOVER_TEMP_AGE_MS }).catch((e: unknown) => {
       logger.warn({ destination: d.name, err: errorCode(e) }, 'cannot look for temp files in the outgoing folder');
       return 0;
     });

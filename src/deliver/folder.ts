@@ -254,10 +254,11 @@ function fsyncFdSync(dfd: number): void {
 
 /**
  * Removes the temp files a killed process left in dir (and, with recursive, in every folder
- * below it); returns how many. Any age: a live writer whose temp file disappears starts its write
- * again (see writeFileAtomicSync), so nothing is lost even on a folder shared by replicas.
+ * below it); returns how many. With olderThanMs, only those untouched for that long: on a folder
+ * shared by replicas, another replica's live temp file (a streamed image, which cannot be written
+ * again from memory) is written to continually and stays.
  */
-export async function removeTempFiles(dir: string, recursive: boolean): Promise<number> {
+export async function removeTempFiles(dir: string, recursive: boolean, opts: { olderThanMs?: number } = {}): Promise<number> {
   let removed = 0;
   let entries;
   try {
@@ -270,13 +271,14 @@ export async function removeTempFiles(dir: string, recursive: boolean): Promise<
     const p = join(dir, ent.name);
     if (ent.isFile() && ent.name.startsWith(TEMP_PREFIX) && ent.name.endsWith(TEMP_SUFFIX)) {
       try {
+        if (opts.olderThanMs !== undefined && Date.now() - (await fsp.stat(p)).mtimeMs < opts.olderThanMs) continue;
         await fsp.unlink(p);
         removed++;
       } catch (e) {
         if (errno(e) !== 'ENOENT') throw e;
       }
     } else if (recursive && ent.isDirectory()) {
-      removed += await removeTempFiles(p, true);
+      removed += await removeTempFiles(p, true, opts);
     }
   }
   return removed;
