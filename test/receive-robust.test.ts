@@ -269,4 +269,19 @@ describe('receive robustness: DIMSE commands we do not provide', { skip: skipDcm
       await scp.close({ graceMs: 2000 });
     }
   });
+
+  it('a C-ECHO-RQ that announces a dataset is a protocol error: A-ABORT, and the node keeps serving', async () => {
+    const scp = await startScp();
+    try {
+      const { peer } = await associate(HOST, scp.port, { called: AE, calling: KNOWN, contexts: [ECHO_CTX] });
+      peer.send(pData(1, commandSet({ sopClass: VERIFICATION, command: 0x0030, messageId: 5, hasDataset: true }), { command: true, last: true }));
+      peer.send(pData(1, Buffer.alloc(1000, 7), { command: false, last: true }));
+      await peer.untilClosed();
+      assert.equal(peer.pdus().at(-1)?.type, PDU.Abort);
+      assert.equal(scp.stats().refused['malformed-pdu'], 1);
+      await echoOk(scp.port);
+    } finally {
+      await scp.close({ graceMs: 2000 });
+    }
+  });
 });

@@ -132,6 +132,11 @@ export class DimseGuard {
       actions.push({ kind: 'abort', why: `unexpected DIMSE response 0x${command.field.toString(16)}` });
       return 'abort';
     }
+    if (command.field === COMMAND.CEchoRq && command.hasDataset) {
+      // PS3.7 9.3.5: a C-ECHO carries no dataset; only C-STORE datasets may reach the library.
+      actions.push({ kind: 'abort', why: 'C-ECHO-RQ announcing a dataset' });
+      return 'abort';
+    }
     if (command.field === COMMAND.CEchoRq || command.field === COMMAND.CStoreRq) {
       if (command.hasDataset) this.current = { pcId: pdv.pcId, command, mode: 'library', bytes: 0 };
       return 'pass';

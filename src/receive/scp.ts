@@ -644,6 +644,19 @@ function resolveLimits(opts: ScpOptions): NetworkLimits {
   return l;
 }
 
+/** Ends a connection past one of its time limits (association request, idle, total). */
+function enforceTimeLimits(conn: Connection, now: number, limits: NetworkLimits): void {
+  if (!conn.associated) {
+    if (now - conn.connectedAt > limits.associationRequestTimeoutMs) {
+      conn.refuse('association-request-timeout', `no A-ASSOCIATE-RQ within ${limits.associationRequestTimeoutMs} ms`);
+      conn.socket.destroy();
+    }
+  } else if (conn.inFlight === 0 && !conn.releasePending) {
+    if (now - conn.lastActivity > limits.idleTimeoutMs) conn.refuse('idle-timeout', `nothing received for ${limits.idleTimeoutMs} ms`);
+    else if (now - conn.associatedAt > limits.associationTimeLimitMs) conn.refuse('association-time-limit', `open for more than ${limits.associationTimeLimitMs} ms`);
+  }
+}
+
 /** A new connection beyond maxConnections() displaces the oldest one still without an A-ASSOCIATE-RQ. */
 function makeRoomFor(state: ServerState): boolean {
   if (state.connections.size < maxConnections(state.limits)) return true;
@@ -709,14 +722,12 @@ export async function startStorageScp(opts: ScpOptions): Promise<RunningScp> {
     const now = Date.now();
     for (const conn of state.connections) {
       if (conn.closed || conn.result !== undefined) continue;
-      if (!conn.associated) {
-        if (now - conn.connectedAt > assocRqTimeout) {
-          conn.refuse('association-request-timeout', `no A-ASSOCIATE-RQ within ${assocRqTimeout} ms`);
-          conn.socket.destroy();
-        }
-      } else if (conn.inFlight === 0 && !conn.releasePending) {
-        if (now - conn.lastActivity > idleTimeout) conn.refuse('idle-timeout', `nothing received for ${idleTimeout} ms`);
-        else if (now - conn.associatedAt > associationTimeLimitMs) conn.refuse('association-time-limit', `open for more than ${associationTimeLimitMs} ms`);
+      // A timer callback that threw would end the process: one connection's failure stays its own.
+      try {
+        enforceTimeLimits(conn, now, limits);
+      } catch (err) {
+        state.log.warn({ associationId: conn.id, err: errorMessage(err) }, 'time limit check failed; closing the connection');
+        conn.socket.destroy();
       }
     }
   }, Math.max(50, Math.min(1000, Math.floor(Math.min(assocRqTimeout, idleTimeout, associationTimeLimitMs) / 4))));
