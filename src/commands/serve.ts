@@ -4,6 +4,7 @@
 import { accessSync, constants as fsConstants, statSync } from 'fs';
 import { dirname, join } from 'path';
 import type { Logger } from 'pino';
+import { DEFAULT_SHUTDOWN_GRACE_SECONDS } from '../config/load';
 import { ConfigError, type DicomDestinationConfig, type DicomwebDestinationConfig, type LimitsConfig, type RouterConfig, type TlsClientConfig } from '../config/types';
 import { DeidPipeline, ImageRejected, RoutedImage, Status } from '../pipeline';
 import { startStorageScp, silenceDimseLibraries, StoreRequest, StoreStart, RunningScp, NetworkLimits } from '../receive';
@@ -92,6 +93,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
         tls: tlsFiles(d.tls),
       },
       spool, logger, onOutcome,
+      maxPduLength: c.limits.maxPduBytes,
     });
     return { dest: d, spool, queue };
   }
@@ -387,10 +389,15 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     },
     async stop() {
       listening = false;
-      await reloading;
-      await scp!.close();
+      // One grace period for everything in flight: images being received, then images being
+      // forwarded. Past it associations are aborted; what was not sent stays in the spool.
+      const deadline = Date.now() + (c.shutdownGraceSeconds ?? DEFAULT_SHUTDOWN_GRACE_SECONDS) * 1000;
+      const left = (): number => Math.max(0, deadline - Date.now());
+      await withinMs(reloading, left());
+      await scp!.close({ graceMs: left() });
       logger.info({ scp: scp!.stats() }, 'storage SCP counters');
-      await Promise.all([...routing.forwards.values()].map((f) => f.queue.stop()));
+      await Promise.all([...routing.forwards.values()].map((f) =>
+        f.queue instanceof ForwardQueue ? f.queue.stop(left()) : withinMs(f.queue.stop(), left() + 1000)));
       await http?.close();
       linkage.close();
       logStageTimings();
@@ -443,6 +450,13 @@ function viewDestinations(rt: Routing): DestinationView[] {
   return out;
 }
 
+/** Waits for p, but no longer than ms. */
+async function withinMs(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([p.catch(() => undefined), new Promise<void>((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
+}
+
 /** A destination's TLS files as the senders take them. */
 function tlsFiles(t: TlsClientConfig | undefined) {
   return t ? { caFile: t.ca, certFile: t.cert, keyFile: t.key, rejectUnauthorized: t.rejectUnauthorized } : undefined;
@@ -481,15 +495,20 @@ export async function runServe(c: RouterConfig, salt: string, logger: Logger, re
       stopping = true;
       process.off('SIGHUP', onHangup);
       logger.info({ signal }, 'stopping: no new associations, finishing images in flight');
+      const done = (code: number): void => {
+        logger.flush?.();
+        resolve(code);
+        // Everything durable is done: a socket or timer left over must not keep the process up.
+        setTimeout(() => process.exit(code), 2000).unref();
+      };
       running.stop().then(
         () => {
           logger.info('stopped');
-          logger.flush?.();
-          resolve(0);
+          done(0);
         },
         (e) => {
           logger.error({ err: errorMessage(e) }, 'error while stopping');
-          resolve(3);
+          done(3);
         },
       );
     };

@@ -65,7 +65,7 @@ function readStructured(file: string, p: Problems): Raw | undefined {
   }
 }
 
-const ROUTER_KEYS = new Set(['salt', 'saltFile', 'listen', 'destinations', 'defaultDestination', 'stateDir', 'unknownStudy', 'stations', 'studies', 'logLevel', 'http', 'limits']);
+const ROUTER_KEYS = new Set(['salt', 'saltFile', 'listen', 'destinations', 'defaultDestination', 'stateDir', 'unknownStudy', 'stations', 'studies', 'logLevel', 'http', 'limits', 'shutdownGraceSeconds']);
 
 export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): RouterConfig {
   const p = new Problems();
@@ -136,6 +136,10 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
   }
   const logLevel = optString(router, 'logLevel', routerName, p);
   if (logLevel !== undefined && !['trace', 'debug', 'info', 'warn', 'error'].includes(logLevel)) p.add(`${routerName}: logLevel`, `"${logLevel}" is not one of trace, debug, info, warn, error`);
+  const grace = router.shutdownGraceSeconds;
+  if (grace !== undefined && (typeof grace !== 'number' || !Number.isFinite(grace) || grace < 0 || grace > 3600)) {
+    p.add(`${routerName}: shutdownGraceSeconds`, 'must be a number of seconds from 0 to 3600');
+  }
   const listen = parseListen(router.listen, `${routerName}: listen`, p);
   const http = parseHttp(router.http, `${routerName}: http`, env, p);
   const limits = parseLimits(router.limits, `${routerName}: limits`, p);
@@ -160,8 +164,11 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
   return {
     sources, salt, saltFile: saltFile ? resolve(saltFile) : undefined, listen, http, limits, destinations,
     defaultDestination, stateDir, unknownStudy: unknownStudy as 'default' | 'quarantine', logLevel, stations, studies,
+    shutdownGraceSeconds: typeof grace === 'number' ? grace : DEFAULT_SHUTDOWN_GRACE_SECONDS,
   };
 }
+
+export const DEFAULT_SHUTDOWN_GRACE_SECONDS = 10;
 
 function optString(o: Raw, key: string, where: string, p: Problems): string | undefined {
   const v = o[key];

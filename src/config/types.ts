@@ -99,7 +99,8 @@ export interface HttpConfig { host: string; port: number; token?: string }
 export interface LimitsConfig {
   maxAssociations: number;
   maxAssociationsPerCaller: number;
-  /** Largest P-DATA-TF PDU we accept as SCP, announced in our A-ASSOCIATE-AC. */
+  /** Largest P-DATA-TF PDU we accept as SCP, announced in our A-ASSOCIATE-AC; the forwarder (SCU)
+   * announces it too, and sends no longer PDUs. */
   maxPduBytes: number;
   maxDatasetBytes: number;
   /** Reader: a deflated dataset may inflate to at most this. */
@@ -125,6 +126,9 @@ export interface RouterConfig {
   unknownStudy: 'default' | 'quarantine';
   /** Log level when --log-level does not say (trace, debug, info, warn, error). */
   logLevel?: string;
+  /** serve, on SIGTERM/SIGINT: how long images in flight (received or being forwarded) get before
+   * associations are aborted; unsent images stay in the spool (default 10). */
+  shutdownGraceSeconds?: number;
   stations: Map<string, StationConfig>;
   studies: Map<string, StudyConfig>;
 }

@@ -23,10 +23,12 @@ const PDU_RELEASE_RQ = 0x05;
 const PDU_RELEASE_RP = 0x06;
 const PDU_ABORT = 0x07;
 
-/** Our receive limit announced to the peer. */
+/** Our PDU limit, both ways: announced to the peer (it must send no longer P-DATA-TF PDUs) and the
+ * largest we send, whatever the peer announces (one that announces 4 GB would make us read and
+ * buffer a whole dataset per PDU). */
 const DEFAULT_MAX_PDU = 262144;
-/** Used when the peer announces 0 (= no limit). */
-const UNLIMITED_PEER_PDU_CAP = 1 << 20;
+/** Largest PDU of any other type we take (an A-ASSOCIATE-AC, even with 128 contexts, is far smaller). */
+const MAX_CONTROL_PDU = 1 << 20;
 /** File read size: several PDUs per read. */
 const READ_CHUNK = 1 << 20;
 
@@ -50,6 +52,7 @@ export interface AssociateOptions {
   calledAeTitle: string;
   /** One presentation context per entry (at most 128). */
   contexts: PresentationContextProposal[];
+  /** Largest PDU we accept and send (default 256 KiB); see DEFAULT_MAX_PDU. */
   maxPduLength?: number;
   connectTimeoutMs?: number;
   /** ACSE timeout: waiting for A-ASSOCIATE-AC/RJ and A-RELEASE-RP. */
@@ -278,7 +281,8 @@ export class StoreAssociation {
   private closedError: Error | undefined;
   private cmdFragments: Buffer[] = [];
   private nextMessageId = 1;
-  private peerMaxPdu = UNLIMITED_PEER_PDU_CAP;
+  private peerMaxPdu: number;
+  private readonly ownMaxPdu: number;
   private accepted: AcceptedContext[] = [];
   private readonly dimseTimeoutMs: number;
   private readonly associationTimeoutMs: number;
@@ -289,6 +293,8 @@ export class StoreAssociation {
     private readonly socket: net.Socket,
     opts: AssociateOptions,
   ) {
+    this.ownMaxPdu = opts.maxPduLength ?? DEFAULT_MAX_PDU;
+    this.peerMaxPdu = this.ownMaxPdu;
     this.dimseTimeoutMs = opts.dimseTimeoutMs ?? 60000;
     this.associationTimeoutMs = opts.associationTimeoutMs ?? 30000;
     socket.on('data', (d: Buffer) => this.onData(d));
@@ -334,13 +340,14 @@ export class StoreAssociation {
     });
     socket.setNoDelay(true);
     const a = new StoreAssociation(socket, opts);
-    const maxPdu = opts.maxPduLength ?? DEFAULT_MAX_PDU;
+    const maxPdu = a.ownMaxPdu;
     const ac = (await a.request(
       'ac',
       buildAssociateRq(opts.callingAeTitle, opts.calledAeTitle, opts.contexts, maxPdu),
       a.associationTimeoutMs,
     )) as ParsedAc;
-    a.peerMaxPdu = ac.maxPdu === 0 ? UNLIMITED_PEER_PDU_CAP : Math.max(ac.maxPdu, 64);
+    // 0 means "no limit": ours applies then, as it does to any larger announcement.
+    a.peerMaxPdu = ac.maxPdu === 0 ? maxPdu : Math.min(maxPdu, Math.max(ac.maxPdu, 64));
     opts.contexts.forEach((c, i) => {
       const id = 1 + 2 * i;
       const r = ac.results.get(id);
@@ -539,6 +546,9 @@ export class StoreAssociation {
         const head = this.peek(6);
         const type = head[0];
         const len = head.readUInt32BE(2);
+        // Refused as soon as the header is in: never buffered (a PACS announcing a 4 GB PDU).
+        const limit = type === PDU_DATA_TF ? this.ownMaxPdu : MAX_CONTROL_PDU;
+        if (len > limit) throw new ProtocolError(`PDU of type 0x${type.toString(16)} announces ${len} bytes, more than the ${limit} we accept`);
         if (this.bufLen < 6 + len) return;
         const whole = this.take(6 + len);
         this.onPdu(type, whole.subarray(6));

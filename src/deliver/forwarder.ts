@@ -6,9 +6,13 @@
 //   (SOP class, transfer syntax) pair of its batch, so every image goes in its own transfer syntax and
 //   the dataset bytes sent are the spool file's bytes after the file meta.
 // - Up to maxAssociations workers per destination.
-// - PACS down, association rejected or aborted, network errors: exponential backoff with full jitter;
-//   these never count against an image. A failure status for an image counts one attempt; after
-//   maxAttempts the image moves to the dead-letter folder with a reason file and the rest keep flowing.
+// - PACS down, association rejected or aborted, network errors, and a PACS out of resources (0xA7xx
+//   statuses, transient by definition): exponential backoff with full jitter; these never count against
+//   an image. Any other failure status counts one attempt; after maxAttempts the image moves to the
+//   dead-letter folder with a reason file and the rest keep flowing.
+// - A worker that fails (spool folder gone for a moment, no file descriptor left) is restarted with
+//   backoff; the images it held go back to the queue.
+// - stop(graceMs) gives the images on the wire that long, then aborts: whatever is unsent stays spooled.
 // Logs carry SOP instance UIDs, statuses and counts only (never dataset values).
 import * as fs from 'node:fs';
 import type { Logger } from 'pino';
@@ -65,7 +69,8 @@ export interface ForwardQueueOptions {
   connectTimeoutMs?: number;
   associationTimeoutMs?: number;
   dimseTimeoutMs?: number;
-  /** Max PDU length we announce for receiving (default 256 KB). */
+  /** Largest PDU we take from the PACS (announced to it; anything longer aborts the association) and
+   * largest we send, whatever the PACS announces (default 256 KiB). */
   maxPduLength?: number;
   /** Told of each image that leaves the spool (forwarded or dead-lettered). */
   onOutcome?: (e: Omit<ForwardEvent, 'destination'>) => void;
@@ -76,6 +81,17 @@ export interface ForwardStats {
   oldestAgeMs: number;
   inFlight: number;
   deadLetters: number;
+}
+
+/** Out of Resources (PS3.4 B.2.3: 0xA7xx): the PACS cannot take the image now; nothing is wrong with it. */
+export function isTransientRefusal(status: number): boolean {
+  return (status & 0xff00) === 0xa700;
+}
+
+/** A spool file could not be opened for want of file descriptors: wait, do not give up on the image. */
+function outOfDescriptors(e: unknown): boolean {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  return code === 'EMFILE' || code === 'ENFILE';
 }
 
 /** Statuses after which the PACS has the image (PS3.7 C.4.2.1.4 / Annex C: Success and Warning). */
@@ -123,7 +139,11 @@ export class ForwardQueue {
   private pendingAcks = new Set<Promise<void>>();
   private prefetched = new Map<OpenedItem, Promise<Buffer | undefined>>();
   private state: DestState = 'unknown';
+  /** Failures (connection, association, 0xA7xx) since the last image the PACS stored. */
   private consecutiveFailures = 0;
+  /** Associations open now, so that stop() can abort them when its grace period ends. */
+  private open = new Set<StoreAssociation>();
+  private workerRestarts = 0;
   private nextConnectAt = 0;
   private running = false;
   private stopping = false;
@@ -160,13 +180,7 @@ export class ForwardQueue {
       () => undefined,
     );
     const n = Math.max(1, this.dest.maxAssociations ?? 2);
-    for (let i = 0; i < n; i++) {
-      this.workers.push(
-        this.worker(i).catch((e: unknown) => {
-          this.log.error({ err: errorMessage(e), worker: i }, 'forward worker crashed');
-        }),
-      );
-    }
+    for (let i = 0; i < n; i++) this.workers.push(this.supervise(i));
     this.statsTimer = setInterval(() => this.logBacklog('periodic'), this.statsIntervalMs);
     this.statsTimer.unref();
   }
@@ -200,17 +214,39 @@ export class ForwardQueue {
     this.notifyTimer.unref?.();
   }
 
-  /** Finish the image in flight on each association, release them, stop. */
-  async stop(): Promise<void> {
+  /**
+   * Finish the image in flight on each association, release them, stop. After graceMs (default: no
+   * limit) the associations still open are aborted: their images stay in the spool for the next start.
+   */
+  async stop(graceMs?: number): Promise<void> {
     if (!this.running) return;
     this.stopping = true;
     this.wakeAll();
-    await Promise.all(this.workers);
+    const all = Promise.all(this.workers);
+    if (graceMs !== undefined) {
+      let timer: NodeJS.Timeout | undefined;
+      const expired = await Promise.race([
+        all.then(() => false),
+        new Promise<boolean>((r) => (timer = setTimeout(() => r(true), Math.max(0, graceMs)))),
+      ]);
+      clearTimeout(timer);
+      if (expired) {
+        const stats = this.stats();
+        this.log.warn({ inFlight: stats.inFlight, backlog: stats.backlog, graceMs }, 'shutdown grace period over: aborting associations; unsent images stay in the spool');
+        for (const a of this.open) a.abort();
+      }
+    }
+    await all;
     this.workers = [];
     this.running = false;
     if (this.statsTimer) clearInterval(this.statsTimer);
     if (this.notifyTimer) clearTimeout(this.notifyTimer);
     this.statsTimer = this.notifyTimer = undefined;
+  }
+
+  /** How often a failed worker was restarted. */
+  get restarts(): number {
+    return this.workerRestarts;
   }
 
   stats(): ForwardStats {
@@ -322,9 +358,14 @@ export class ForwardQueue {
     // Open in parallel (file meta and dataset head only).
     const opened = await Promise.all(ids.map((id) => this.spool.open(id).then((item) => ({ id, item }), (err: unknown) => ({ id, err }))));
     const out: OpenedItem[] = [];
+    let starved: unknown;
     for (const r of opened) {
       if ('err' in r) {
-        if (r.err instanceof Part10Error) {
+        if (outOfDescriptors(r.err)) {
+          // Not the image's fault: back to the front of the queue.
+          starved = r.err;
+          this.unclaim(r.id, true);
+        } else if (r.err instanceof Part10Error) {
           await this.toDeadLetter(r.id, null, `unreadable spool file: ${r.err.message}`, 0);
         } else {
           this.log.error({ sopInstanceUid: r.id, err: errorMessage(r.err) }, 'cannot open spool file; will retry');
@@ -342,6 +383,8 @@ export class ForwardQueue {
         out.push(r.item);
       }
     }
+    // Nothing could be opened for want of descriptors: fail the worker, which restarts after a backoff.
+    if (starved && out.length === 0) throw starved;
     return out;
   }
 
@@ -372,9 +415,9 @@ export class ForwardQueue {
     return Math.random() * cap; // full jitter
   }
 
+  /** An association was accepted. The backoff is reset only by a stored image: a PACS that accepts
+   * associations and then aborts them, or answers 0xA700 to everything, still backs off. */
   private markUp(): void {
-    this.consecutiveFailures = 0;
-    this.nextConnectAt = 0;
     if (this.state !== 'up') {
       this.state = 'up';
       this.logBacklog('destination up');
@@ -405,6 +448,27 @@ export class ForwardQueue {
   }
 
   // ---------------------------------------------------------------- the worker
+
+  /** Runs worker `index` until stop(); a worker that fails is restarted after a backoff (reset once
+   * a worker has run for longer than the longest backoff). */
+  private async supervise(index: number): Promise<void> {
+    let failures = 0;
+    while (!this.stopping) {
+      const t0 = Date.now();
+      try {
+        await this.worker(index);
+        return;
+      } catch (e) {
+        if (this.stopping) return;
+        failures = Date.now() - t0 > this.backoff.maxMs ? 1 : failures + 1;
+        this.workerRestarts++;
+        const delay = Math.min(this.backoff.maxMs, this.backoff.initialMs * 2 ** Math.min(failures - 1, 30));
+        this.log.error({ err: errorMessage(e), worker: index, restartInMs: delay, restarts: this.workerRestarts }, 'forward worker failed; restarting');
+        // Not woken by new work: only stop() ends the wait early.
+        for (const until = Date.now() + delay; !this.stopping && Date.now() < until; ) await this.sleep(until - Date.now());
+      }
+    }
+  }
 
   private async worker(index: number): Promise<void> {
     let assoc: StoreAssociation | undefined;
@@ -468,6 +532,9 @@ export class ForwardQueue {
             this.markDown(e);
             continue; // keep the batch; retry after backoff
           }
+          for (const a of this.open) if (!a.isOpen) this.open.delete(a);
+          this.open.add(assoc);
+          if (this.stopping) break;
           this.markUp();
           this.log.debug({ worker: index, images: batch.length, contexts: assoc.acceptedContexts.length, maxPdu: assoc.maxPduLength }, 'association open');
         }
@@ -496,7 +563,10 @@ export class ForwardQueue {
             // Read the next image while this one is on the wire and the PACS is answering; near the end of
             // the batch, claim (open) the next batch too.
             if (batch[1]) this.prefetch(batch[1]);
-            if (batch.length <= 4 && !nextBatch && !this.stopping && this.pending.length > 0) nextBatch = this.claim(this.batchSize);
+            if (batch.length <= 4 && !nextBatch && !this.stopping && this.pending.length > 0) {
+              nextBatch = this.claim(this.batchSize);
+              nextBatch.catch(() => undefined); // a failure surfaces where it is awaited
+            }
             const pre = await this.takePrefetched(item);
             const r = await assoc.cStore(
               pcId,
@@ -512,6 +582,12 @@ export class ForwardQueue {
             // attempt every second time, so a poison image cannot block the queue forever.
             assoc.abort();
             assoc = undefined;
+            if (this.stopping) {
+              // Aborted by stop() at the end of its grace period: not the image's fault.
+              await this.returnItems(batch);
+              batch = [];
+              break;
+            }
             const n = (this.interruptions.get(item.id) ?? 0) + 1;
             this.interruptions.set(item.id, n);
             this.markDown(e);
@@ -526,7 +602,22 @@ export class ForwardQueue {
           }
           this.interruptions.delete(item.id);
           batch.shift();
+          if (isTransientRefusal(status)) {
+            // The PACS is out of resources: like a PACS that is down. The image goes to the back of the
+            // queue (if only it is refused, the others still flow), the association is released, and the
+            // next one waits for the backoff.
+            await this.releaseItem(item);
+            this.unclaim(item.id, false);
+            await this.returnItems(batch);
+            batch = [];
+            await assoc.release();
+            assoc = undefined;
+            this.markDown(new Error(`PACS out of resources (${statusHex(status)}${comment ? `: ${comment}` : ''})`));
+            break;
+          }
           if (isStored(status)) {
+            this.consecutiveFailures = 0;
+            this.nextConnectAt = 0;
             if (status !== 0) this.log.warn({ sopInstanceUid: item.sopInstanceUid, status: statusHex(status), comment }, 'stored with warning');
             else this.log.debug({ sopInstanceUid: item.sopInstanceUid }, 'stored');
             // Delete in the background: the next C-STORE does not wait for the unlink.
@@ -552,9 +643,11 @@ export class ForwardQueue {
         }
       }
     } finally {
-      if (nextBatch) await this.returnItems(await nextBatch);
-      await this.returnItems(batch);
-      if (assoc) await assoc.release();
+      // Also when the worker failed: every image it held goes back to the queue, its association is
+      // released, and nothing here may throw in its turn.
+      const claimed = nextBatch ? await nextBatch.catch(() => [] as OpenedItem[]) : [];
+      await this.returnItems([...batch, ...claimed]);
+      if (assoc) await assoc.release().catch(() => undefined);
       await Promise.all([...this.pendingAcks]);
     }
   }

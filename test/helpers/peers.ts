@@ -187,9 +187,9 @@ export interface RefusingScp extends Peer {
 
 /**
  * A minimal storage SCP (dcmjs-dimse, on a net server bound to 127.0.0.1) that answers `status` for one SOP
- * instance UID and Success for every other image. Datasets are kept as raw bytes (no dcmjs parsing).
+ * instance UID (every time, or its first refuseTimes times) and Success for every other image. Datasets are kept as raw bytes (no dcmjs parsing).
  */
-export async function startRefusingScp(opts: { refuseSopInstanceUid: string; status: number }): Promise<RefusingScp> {
+export async function startRefusingScp(opts: { refuseSopInstanceUid: string; status: number; /** only the first n times */ refuseTimes?: number }): Promise<RefusingScp> {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const dimse = require('dcmjs-dimse') as typeof import('dcmjs-dimse');
   dimse.log.setLevel('silent');
@@ -232,7 +232,7 @@ export async function startRefusingScp(opts: { refuseSopInstanceUid: string; sta
       const uid: string = request.getAffectedSopInstanceUid();
       received.set(uid, (request.getDataset() as any)?.__raw ?? Buffer.alloc(0));
       const rsp = responses.CStoreResponse.fromRequest(request);
-      if (uid === opts.refuseSopInstanceUid) {
+      if (uid === opts.refuseSopInstanceUid && (opts.refuseTimes === undefined || state.refusedCount < opts.refuseTimes)) {
         state.refusedCount++;
         rsp.setStatus(opts.status);
       } else {
