@@ -10,6 +10,7 @@
 // Build: npm run build && npx tsc -p tsconfig.test.json
 // Usage: node .build-test/bench/scp-bench.js [--rounds 3] [--count 500] [--assoc 1] [--profile DIR] [--no-floor] [--cli PATH]
 //   --assoc N       N storescu associations in parallel (the images dealt round-robin), against storescp --fork
+//   --peer orthanc  (a) is Orthanc with its default storage (it syncs each file) instead of storescp
 //   --cli PATH      also time another build of ours (e.g. a copy of main's dist/ inside the repo) as (b')
 //   --profile DIR   start the router with `node --cpu-prof --cpu-prof-dir DIR` and print its top self-time
 //                   functions after each (b) run.
@@ -22,7 +23,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { run, startProcess, stopProcess, freePort, waitForPort, type StartedProcess } from '../test/helpers/dcmtk';
-import { makeVariants } from '../test/helpers/peers';
+import { makeVariants, startOrthanc } from '../test/helpers/peers';
 import { phiCorpusDir as generatedPhiDir } from '../test/helpers/corpus';
 import { writeFileAtomicSync } from '../src/deliver/folder';
 
@@ -361,6 +362,24 @@ async function runStorescp(files: string[], assoc: number): Promise<Figures> {
   }
 }
 
+/** Orthanc with its default storage (SyncStorageArea: each file synced), the same images. */
+async function runOrthanc(files: string[], assoc: number): Promise<Figures> {
+  const dir = await tmp('bench-orthanc-');
+  const o = await startOrthanc({ dir, aeTitle: 'STORESCP' });
+  try {
+    const t0 = now();
+    await storescu('STORESCP', o.port, files, assoc);
+    const secs = now() - t0;
+    const rss = o.pid ? peakRss(o.pid) : 0;
+    const stats = (await o.get('/statistics')) as { CountInstances: number };
+    if (stats.CountInstances !== files.length) throw new Error(`Orthanc: ${stats.CountInstances}/${files.length} instances`);
+    return { secs, rss };
+  } finally {
+    await o.stop();
+    await fsp.rm(dir, { recursive: true, force: true });
+  }
+}
+
 async function runRouter(files: string[], assoc: number, profileDir?: string, cli?: string): Promise<Figures> {
   const r = await startRouter({ defaultDestination: 'outgoing', profileDir, cli });
   let stopped = false;
@@ -408,6 +427,7 @@ async function main(): Promise<void> {
   const floor = !argFlag('--no-floor');
   const assoc = Number(argValue('--assoc', '1'));
   const otherCli = argValue('--cli', undefined);
+  const peer = argValue('--peer', 'storescp');
   if (!fs.existsSync(CLI)) throw new Error(`${CLI} missing: run npm run build`);
   if (profileDir) await fsp.mkdir(profileDir, { recursive: true });
 
@@ -417,7 +437,7 @@ async function main(): Promise<void> {
     `scp bench: ${count} distinct × ${(src.sourceBytes / 1024).toFixed(0)} KB (${SOURCE_NAME}) = ${totalMB.toFixed(0)} MB, ` +
       `${assoc} storescu association(s) in parallel${assoc > 1 ? ' (storescp --fork)' : ''}, TCP_NODELAY=1, ${rounds} rounds, ${os.cpus().length} cores, load ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`,
   );
-  console.log('  (a) storescp -od DIR          : receive + write (no fsync)');
+  console.log(peer === 'orthanc' ? '  (a) Orthanc (default storage)  : receive + index + write, each file synced' : '  (a) storescp -od DIR          : receive + write (no fsync)');
   console.log('  (b) dist/cli.js serve (folder) : receive + de-identify + durable write (fsync file + dir)');
   if (floor) console.log('  (c) durable-write floor        : writeFileAtomicSync (what serve uses) of N same-size files, no network, no de-identification');
   console.log('  MB = 2^20 bytes; RSS = VmHWM of the receiver just before it is stopped');
@@ -432,8 +452,8 @@ async function main(): Promise<void> {
   try {
     for (let r = 0; r < rounds; r++) {
       console.log(`round ${r + 1} (load ${os.loadavg()[0].toFixed(1)})`);
-      const a = await runStorescp(src.files, assoc);
-      console.log(fmt('(a) storescp', a));
+      const a = peer === 'orthanc' ? await runOrthanc(src.files, assoc) : await runStorescp(src.files, assoc);
+      console.log(fmt(peer === 'orthanc' ? '(a) Orthanc ' : '(a) storescp', a));
       if (otherCli) {
         const o = await runRouter(src.files, assoc, undefined, path.resolve(otherCli));
         console.log(fmt(`(b') ${path.basename(path.dirname(path.resolve(otherCli)))}`.padEnd(12), o, `  event-loop delay p99 ${o.stages?.eventLoopDelayMs.p99 ?? '?'} ms  ratio b'/a ${(a.secs / o.secs).toFixed(2)}`));
