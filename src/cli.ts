@@ -74,7 +74,7 @@ function describeConfig(c: RouterConfig): string {
   lines.push(`listen: ${c.listen.aeTitle} on ${c.listen.host}:${c.listen.port}${c.listen.allowUnknownCallers ? ' (unknown callers allowed)' : ''}`);
   lines.push(`http: ${c.http ? `${c.http.host}:${c.http.port} (/metrics, /healthz, /readyz, status page)${c.http.token ? ', Bearer token required' : ''}` : 'off'}`);
   const l = c.limits;
-  lines.push(`limits: ${l.maxAssociations} associations (${l.maxAssociationsPerCaller} per calling AE); PDU ${l.maxPduBytes} bytes; dataset ${l.maxDatasetBytes} bytes, inflated ${l.maxInflatedBytes}; sequence depth ${l.maxSequenceDepth}; idle ${l.idleSeconds} s, association ${l.associationSeconds} s, A-ASSOCIATE-RQ within ${l.associationRequestSeconds} s`);
+  lines.push(`limits: ${l.maxAssociations} associations (${l.maxAssociationsPerCaller} per calling AE); PDU ${l.maxPduBytes} bytes; dataset ${l.maxDatasetBytes} bytes (${l.maxBufferedBytes} held in memory whole), inflated ${l.maxInflatedBytes}; sequence depth ${l.maxSequenceDepth}; idle ${l.idleSeconds} s, association ${l.associationSeconds} s, A-ASSOCIATE-RQ within ${l.associationRequestSeconds} s`);
   lines.push(`state directory: ${c.stateDir}; unknown studies: ${c.unknownStudy === 'quarantine' ? 'quarantined' : 'Supplement142'}`);
   lines.push('destinations:');
   for (const d of c.destinations.values()) {

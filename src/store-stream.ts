@@ -119,6 +119,12 @@ export class StreamingImage implements DatasetSink {
     }, deps.bulkMin);
   }
 
+  /** Until streaming starts, and on the buffered path, the dataset is kept in memory whole (the SCP then
+   * applies limits.maxBufferedBytes). */
+  get holdsWholeDataset(): boolean {
+    return this.mode === 'undecided' || this.mode === 'buffered';
+  }
+
   get backlogBytes(): number {
     let n = 0;
     for (const t of this.targets) n += t.file.pending;

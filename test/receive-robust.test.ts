@@ -285,3 +285,27 @@ describe('receive robustness: DIMSE commands we do not provide', { skip: skipDcm
     }
   });
 });
+
+describe('receive robustness: datasets held in memory whole', { skip: skipDcmtk }, () => {
+  it('a dataset the SCP must hold whole is bounded by limits.maxBufferedBytes (0xA700), below maxDatasetBytes', async () => {
+    const stored: string[] = [];
+    // No streaming store: every dataset is collected whole for onStore.
+    const scp = await startScp({ limits: { maxDatasetBytes: 10_000_000, maxBufferedBytes: 200_000 } }, async (req) => {
+      stored.push(req.sopInstanceUid);
+      return 0;
+    });
+    try {
+      const { peer } = await associate(HOST, scp.port, { called: AE, calling: KNOWN, contexts: [ECHO_CTX, STORE_CTX], maxPdu: 16384 });
+      peer.send(pData(3, cStoreRq(1, CT_IMAGE_STORAGE, '1.2.3.1'), { command: true, last: true }));
+      for (const pdu of dataPdus(3, dataset('1.2.3.1', 500_000), 16384)) peer.send(pdu);
+      peer.send(pData(3, cStoreRq(2, CT_IMAGE_STORAGE, '1.2.3.2'), { command: true, last: true }));
+      for (const pdu of dataPdus(3, dataset('1.2.3.2', 150_000), 16384)) peer.send(pdu);
+      const cmds = await waitCommands(peer, 2);
+      assert.deepEqual(cmds.map((c) => statusOf(c).status), [0xa700, 0]);
+      assert.deepEqual(stored, ['1.2.3.2']);
+      peer.destroy();
+    } finally {
+      await scp.close({ graceMs: 2000 });
+    }
+  });
+});

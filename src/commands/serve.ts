@@ -413,6 +413,7 @@ function scpLimits(l: LimitsConfig): Partial<NetworkLimits> {
     maxAssociationsPerCaller: l.maxAssociationsPerCaller,
     maxPduBytes: l.maxPduBytes,
     maxDatasetBytes: l.maxDatasetBytes,
+    maxBufferedBytes: l.maxBufferedBytes,
     idleTimeoutMs: l.idleSeconds * 1000,
     associationTimeLimitMs: l.associationSeconds * 1000,
     associationRequestTimeoutMs: l.associationRequestSeconds * 1000,

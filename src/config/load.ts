@@ -652,6 +652,7 @@ function parseLimits(v: unknown, where: string, p: Problems): LimitsConfig {
     maxAssociationsPerCaller: DEFAULT_NETWORK_LIMITS.maxAssociationsPerCaller,
     maxPduBytes: DEFAULT_NETWORK_LIMITS.maxPduBytes,
     maxDatasetBytes: DEFAULT_NETWORK_LIMITS.maxDatasetBytes,
+    maxBufferedBytes: DEFAULT_NETWORK_LIMITS.maxBufferedBytes,
     maxInflatedBytes: DEFAULT_READ_LIMITS.maxInflatedBytes,
     maxSequenceDepth: DEFAULT_READ_LIMITS.maxSequenceDepth,
     idleSeconds: DEFAULT_NETWORK_LIMITS.idleTimeoutMs / 1000,
@@ -686,6 +687,7 @@ function parseLimits(v: unknown, where: string, p: Problems): LimitsConfig {
   count('maxAssociationsPerCaller', 1, 10_000);
   size('maxPduBytes', MIN_PDU_BYTES, MAX_PDU_BYTES);
   size('maxDatasetBytes', 1024, MAX_DATASET_BYTES);
+  size('maxBufferedBytes', 1024, MAX_DATASET_BYTES);
   size('maxInflatedBytes', 1024, MAX_DATASET_BYTES);
   count('maxSequenceDepth', 1, 1000);
   seconds('idleSeconds', 1, 86_400);

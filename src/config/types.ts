@@ -103,6 +103,8 @@ export interface LimitsConfig {
    * announces it too, and sends no longer PDUs. */
   maxPduBytes: number;
   maxDatasetBytes: number;
+  /** A dataset held in memory whole (not streamed) may be at most this. */
+  maxBufferedBytes: number;
   /** Reader: a deflated dataset may inflate to at most this. */
   maxInflatedBytes: number;
   /** Reader: sequences nested deeper are refused. */

@@ -67,8 +67,9 @@ export class DimseGuard {
   /** The message whose dataset is being received. */
   private current: { pcId: number; command: CommandInfo; mode: DataMode; bytes: number } | undefined;
 
+  /** @param maxDatasetBytes the dataset limit now (it may depend on whether the dataset is being streamed) */
   constructor(
-    private readonly maxDatasetBytes: number,
+    private readonly maxDatasetBytes: () => number,
     private readonly isProposedContext: (pcId: number) => boolean,
   ) {}
 
@@ -159,7 +160,7 @@ export class DimseGuard {
       return 'abort';
     }
     cur.bytes += pdv.value.length;
-    if (cur.mode === 'library' && cur.bytes > this.maxDatasetBytes) {
+    if (cur.mode === 'library' && cur.bytes > this.maxDatasetBytes()) {
       cur.mode = 'too-large';
       actions.push({ kind: 'dataset-too-large', pcId: cur.pcId, command: cur.command, bytes: cur.bytes });
     }

@@ -10,6 +10,9 @@ export interface NetworkLimits {
   maxPduBytes: number;
   /** Largest C-STORE dataset. Bigger: answered 0xA700 (Out of Resources), its data dropped as it arrives. */
   maxDatasetBytes: number;
+  /** Largest dataset held in memory whole (one that cannot be streamed: deflated, unreadable before its bulk
+   * data, or with no streaming store). Bigger: the same 0xA700. */
+  maxBufferedBytes: number;
   /** An association with no PDU received for this long, and nothing being stored, is aborted. */
   idleTimeoutMs: number;
   /** An association open this long is aborted at its next quiet moment (nothing being stored). */
@@ -28,6 +31,7 @@ export const DEFAULT_NETWORK_LIMITS: Readonly<NetworkLimits> = {
   maxAssociationsPerCaller: 8,
   maxPduBytes: 262144,
   maxDatasetBytes: 1024 * 1024 * 1024,
+  maxBufferedBytes: 256 * 1024 * 1024,
   idleTimeoutMs: 300_000,
   associationTimeLimitMs: 3_600_000,
   associationRequestTimeoutMs: 30_000,

@@ -64,6 +64,7 @@ class CollectingSink implements DatasetSink {
   private chunks: Buffer[] = [];
   private length = 0;
   backlogBytes = 0;
+  readonly holdsWholeDataset = true;
   constructor(private readonly start: StoreStart, private readonly onStore: StoreHandler) {}
   write(fragment: Buffer): void {
     this.chunks.push(fragment);
@@ -403,7 +404,7 @@ class StorageScp extends Scp {
           conn.server.inFlight--;
         }
         countRefused(conn.server, 'dataset-too-large', conn.callingAe);
-        log.warn({ associationId: conn.id, callingAe: conn.callingAe, refusal: 'dataset-too-large', limit: conn.server.limits.maxDatasetBytes }, 'C-STORE dataset over the limit: dropping it, will answer 0xA700');
+        log.warn({ associationId: conn.id, callingAe: conn.callingAe, refusal: 'dataset-too-large', bytes: step.bytes, limits: { maxDatasetBytes: conn.server.limits.maxDatasetBytes, maxBufferedBytes: conn.server.limits.maxBufferedBytes } }, 'C-STORE dataset over the limit: dropping it, will answer 0xA700');
         return;
       }
       case 'answer-too-large':
@@ -521,7 +522,9 @@ class StorageScp extends Scp {
     conn.associated = true;
     conn.associatedAt = Date.now();
     const proposed = new Set(association.getPresentationContexts().map((c) => c.id));
-    conn.dimseGuard = new DimseGuard(conn.server.limits.maxDatasetBytes, (pcId) => proposed.has(pcId));
+    const { maxDatasetBytes, maxBufferedBytes } = conn.server.limits;
+    const datasetLimit = (): number => (conn.pdata.receiving?.holdsWholeDataset ? Math.min(maxDatasetBytes, maxBufferedBytes) : maxDatasetBytes);
+    conn.dimseGuard = new DimseGuard(datasetLimit, (pcId) => proposed.has(pcId));
     conn.server.stats.associationsAccepted++;
     conn.lastActivity = Date.now();
   }

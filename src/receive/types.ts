@@ -25,6 +25,8 @@ export interface StoreStart {
 export interface DatasetSink {
   write(fragment: Buffer): void;
   readonly backlogBytes: number;
+  /** True while the dataset is held in memory whole rather than streamed (limits.maxBufferedBytes applies). */
+  readonly holdsWholeDataset?: boolean;
   whenBelow(bytes: number): Promise<void>;
   end(): Promise<number>;
   abort(): void;
