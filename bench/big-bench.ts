@@ -23,6 +23,8 @@ import {
   MB, argValue, tmp, peakRss, countFilesFlat, countFilesDeep, sleep, now, startDcmtkStorescp, startRouter, storescu, stageTimings, formatStages,
 } from './scp-bench';
 
+/** The default largest dataset is 1 GiB; this object is 2 GB. */
+export const BIG_LIMITS = 'limits: { maxDatasetBytes: 2147483647 }\n';
 const ROWS = 512;
 const COLS = 512;
 const FRAME = ROWS * COLS * 2;
@@ -154,7 +156,7 @@ async function main(): Promise<void> {
     console.log(`  (a) storescp        ${(mb / aSecs).toFixed(1).padStart(6)} MB/s ${aSecs.toFixed(1).padStart(6)} s  peak RSS ${(aRss / MB).toFixed(0)} MB`);
 
     // (b) serve, folder destination
-    const rb = await startRouter({ defaultDestination: 'outgoing' });
+    const rb = await startRouter({ defaultDestination: 'outgoing', extraYaml: BIG_LIMITS });
     let bSecs: number;
     let bRss: number;
     try {
@@ -176,7 +178,7 @@ async function main(): Promise<void> {
     const outC = path.join(work, 'pacs');
     await fsp.mkdir(outC);
     const pacs = await startDcmtkStorescp(outC, 'PACS');
-    const rc = await startRouter({ defaultDestination: 'pacs', pacsPort: pacs.port, pacsAeTitle: 'PACS', maxAssociations: 1 });
+    const rc = await startRouter({ defaultDestination: 'pacs', pacsPort: pacs.port, pacsAeTitle: 'PACS', maxAssociations: 1, extraYaml: BIG_LIMITS });
     let cSecs = 0;
     let cIngest: number;
     let cRss: number;

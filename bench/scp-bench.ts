@@ -195,6 +195,8 @@ export async function startRouter(opts: {
   profileDir?: string;
   /** Another build's cli.js (e.g. a copy of main's dist/ inside the repo), to compare builds in one run. */
   cli?: string;
+  /** More router.yaml lines (top-level keys). */
+  extraYaml?: string;
 }): Promise<RouterProcess> {
   const dir = await tmp('bench-router-');
   const port = await freePort();
@@ -210,7 +212,8 @@ export async function startRouter(opts: {
     `  outgoing: { type: folder, path: ${outgoing} }\n` +
     dest +
     `defaultDestination: ${opts.defaultDestination}\n` +
-    `stations: { default: { TagForStudy: ProtocolName, AETitles: [STORESCU] } }\n`;
+    `stations: { default: { TagForStudy: ProtocolName, AETitles: [STORESCU] } }\n` +
+    (opts.extraYaml ?? '');
   await fsp.writeFile(path.join(dir, 'router.yaml'), yaml);
   const nodeArgs = opts.profileDir ? ['--cpu-prof', '--cpu-prof-dir', opts.profileDir] : [];
   const proc = startProcess(process.execPath, [...nodeArgs, opts.cli ?? CLI, 'serve', '--config', path.join(dir, 'router.yaml')], {

@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { promises as fsp } from 'fs';
 import { join } from 'path';
-import { writeBigObject, pixelSha256 } from '../bench/big-bench';
+import { BIG_LIMITS, writeBigObject, pixelSha256 } from '../bench/big-bench';
 import { MB, tmp, peakRss, startRouter, storescu } from '../bench/scp-bench';
 import { stopProcess } from './helpers/dcmtk';
 import { hasTool } from './helpers/tools';
@@ -18,7 +18,7 @@ test('a 2 GB multiframe through serve: pixel data identical, peak RSS under 300 
     const src = join(work, 'big.dcm');
     const frames = Number(process.env.BIG_FRAMES ?? 4000); // 4000 x 512 KB = 2 GB
     const { sha256, pixelBytes } = await writeBigObject(src, frames);
-    const r = await startRouter({ defaultDestination: 'outgoing' });
+    const r = await startRouter({ defaultDestination: 'outgoing', extraYaml: BIG_LIMITS });
     let rss: number;
     try {
       await storescu('DEID_ROUTER', r.port, [src]);

@@ -359,7 +359,7 @@ describe('PACS statuses and PDUs', { concurrency: 1 }, () => {
       contexts: [{ abstractSyntaxUid: '1.2.840.10008.5.1.4.1.1.7', transferSyntaxUid: '1.2.840.10008.1.2.1' }],
       dimseTimeoutMs: 120_000,
     });
-    await assert.rejects(a.cStore(1, '1.2.840.10008.5.1.4.1.1.7', '1.2.3', Buffer.alloc(1000, 1)), /announces 4294967280 bytes, more than the 262144 we accept/);
+    await assert.rejects(a.cStore(1, '1.2.840.10008.5.1.4.1.1.7', '1.2.3', Buffer.alloc(1000, 1)), /4294967280.*262144/);
     await waitFor(() => pacs.abortsReceived > 0 || pacs.giantBytesSent >= 256 * (1 << 20), 30000, 'the PACS to see the abort');
     assert.equal(pacs.abortsReceived, 1);
     assert.ok(pacs.giantBytesSent < 256 * (1 << 20));

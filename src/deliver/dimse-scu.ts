@@ -11,6 +11,8 @@ import * as tls from 'node:tls';
 import type { FileHandle } from 'node:fs/promises';
 
 import { IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, TS } from '../dicom/uids';
+import { PduFramer, PduFramingError } from '../receive/framer';
+import { element, pdvHeader, uidValue, us } from '../receive/dimse';
 
 const APPLICATION_CONTEXT = '1.2.840.10008.3.1.1.1';
 const IMPLICIT_VR_LE = TS.ImplicitLE;
@@ -197,22 +199,8 @@ function parseAssociateAc(body: Buffer): ParsedAc {
 
 // ---- DIMSE command sets (implicit VR little endian, group 0000 with group length) ----
 
-function cmdElement(tag: number, value: Buffer): Buffer {
-  const h = Buffer.alloc(8);
-  h.writeUInt16LE(0x0000, 0);
-  h.writeUInt16LE(tag, 2);
-  h.writeUInt32LE(value.length, 4);
-  return Buffer.concat([h, value]);
-}
-function us(v: number): Buffer {
-  const b = Buffer.alloc(2);
-  b.writeUInt16LE(v, 0);
-  return b;
-}
-function ui(uid: string): Buffer {
-  const b = Buffer.from(uid, 'latin1');
-  return b.length % 2 ? Buffer.concat([b, Buffer.from([0])]) : b;
-}
+const cmdElement = (tag: number, value: Buffer): Buffer => element(0x0000, tag, value);
+const ui = uidValue;
 
 export function buildCStoreRq(messageId: number, sopClassUid: string, sopInstanceUid: string): Buffer {
   const elems = Buffer.concat([
@@ -275,8 +263,8 @@ type Waiter = { resolve: (v: unknown) => void; reject: (e: Error) => void };
 
 /** An established association. Create with `StoreScu.connect()`. */
 export class StoreAssociation {
-  private buf: Buffer[] = [];
-  private bufLen = 0;
+  /** Splits the byte stream into PDUs; refuses one longer than we accept as soon as its header is in. */
+  private readonly framer: PduFramer;
   private waiter: (Waiter & { kind: 'ac' | 'rsp' | 'rp' }) | undefined;
   private closedError: Error | undefined;
   private cmdFragments: Buffer[] = [];
@@ -294,6 +282,7 @@ export class StoreAssociation {
     opts: AssociateOptions,
   ) {
     this.ownMaxPdu = opts.maxPduLength ?? DEFAULT_MAX_PDU;
+    this.framer = new PduFramer(MAX_CONTROL_PDU, this.ownMaxPdu);
     this.peerMaxPdu = this.ownMaxPdu;
     this.dimseTimeoutMs = opts.dimseTimeoutMs ?? 60000;
     this.associationTimeoutMs = opts.associationTimeoutMs ?? 30000;
@@ -499,13 +488,7 @@ export class StoreAssociation {
   }
 
   private pdvPdu(pcId: number, command: boolean, last: boolean, frag: Buffer): Buffer[] {
-    const h = Buffer.alloc(12);
-    h.writeUInt8(PDU_DATA_TF, 0);
-    h.writeUInt32BE(frag.length + 6, 2);
-    h.writeUInt32BE(frag.length + 2, 6);
-    h.writeUInt8(pcId, 10);
-    h.writeUInt8((command ? 1 : 0) | (last ? 2 : 0), 11);
-    return [h, frag];
+    return [pdvHeader(pcId, command, last, frag.length), frag];
   }
 
   /** Stream a byte range of a file as dataset PDVs, reading about 1 MB at a time. */
@@ -538,41 +521,12 @@ export class StoreAssociation {
   }
 
   private onData(d: Buffer): void {
-    this.buf.push(d);
-    this.bufLen += d.length;
     try {
-      for (;;) {
-        if (this.bufLen < 6) return;
-        const head = this.peek(6);
-        const type = head[0];
-        const len = head.readUInt32BE(2);
-        // Refused as soon as the header is in: never buffered (a PACS announcing a 4 GB PDU).
-        const limit = type === PDU_DATA_TF ? this.ownMaxPdu : MAX_CONTROL_PDU;
-        if (len > limit) throw new ProtocolError(`PDU of type 0x${type.toString(16)} announces ${len} bytes, more than the ${limit} we accept`);
-        if (this.bufLen < 6 + len) return;
-        const whole = this.take(6 + len);
-        this.onPdu(type, whole.subarray(6));
-      }
+      this.framer.push(d, (whole) => this.onPdu(whole[0], whole.subarray(6)));
     } catch (e) {
       this.abort();
-      this.fail(e instanceof Error ? e : new ProtocolError(String(e)));
+      this.fail(e instanceof PduFramingError ? new ProtocolError(`PDU refused: ${e.message}`) : e instanceof Error ? e : new ProtocolError(String(e)));
     }
-  }
-
-  private peek(n: number): Buffer {
-    if (this.buf[0].length >= n) return this.buf[0];
-    const all = Buffer.concat(this.buf);
-    this.buf = [all];
-    return all;
-  }
-
-  private take(n: number): Buffer {
-    const all = this.buf.length === 1 ? this.buf[0] : Buffer.concat(this.buf);
-    const out = all.subarray(0, n);
-    const rest = all.subarray(n);
-    this.buf = rest.length ? [rest] : [];
-    this.bufLen = rest.length;
-    return out;
   }
 
   private onPdu(type: number, body: Buffer): void {

@@ -1,16 +1,17 @@
-// Hand-encoded C-STORE-RSP. dcmjs-dimse builds every response through dcmjs (naturalized command Dataset ->
-// denaturalize -> WriteBufferStream), which cost ~0.35 ms of CPU per image, more than the rest of our receive
-// path. A C-STORE-RSP is a fixed, tiny command set (PS3.7 9.3.1.2), always Implicit VR Little Endian.
+// DIMSE command sets and P-DATA-TF framing, by hand, for both directions: the storage SCP's responses and
+// the forwarder's C-STORE-RQs (src/deliver/dimse-scu.ts). dcmjs-dimse built every response through dcmjs
+// (naturalized command Dataset -> denaturalize -> WriteBufferStream), which cost ~0.35 ms of CPU per image. A
+// command set is a tiny group 0000, always Implicit VR Little Endian (PS3.7 6.3.1).
 
 const COMMAND_FIELD_C_STORE_RSP = 0x8001;
 const COMMAND_DATA_SET_TYPE_NONE = 0x0101;
 
-function uidValue(uid: string): Buffer {
+export function uidValue(uid: string): Buffer {
   const s = uid.length % 2 === 1 ? `${uid}\0` : uid;
   return Buffer.from(s, 'latin1');
 }
 
-function element(group: number, elem: number, value: Buffer): Buffer {
+export function element(group: number, elem: number, value: Buffer): Buffer {
   const b = Buffer.allocUnsafe(8 + value.length);
   b.writeUInt16LE(group, 0);
   b.writeUInt16LE(elem, 2);
@@ -19,7 +20,7 @@ function element(group: number, elem: number, value: Buffer): Buffer {
   return b;
 }
 
-function us(v: number): Buffer {
+export function us(v: number): Buffer {
   const b = Buffer.allocUnsafe(2);
   b.writeUInt16LE(v & 0xffff, 0);
   return b;
@@ -60,12 +61,7 @@ export function encodeCommandPData(pcId: number, command: Buffer, peerMaxPdu: nu
     off += frag.length;
     const last = off >= command.length;
     const pdu = Buffer.allocUnsafe(6 + 6 + frag.length);
-    pdu[0] = 0x04;
-    pdu[1] = 0;
-    pdu.writeUInt32BE(6 + frag.length, 2);
-    pdu.writeUInt32BE(2 + frag.length, 6);
-    pdu[10] = pcId;
-    pdu[11] = last ? 0x03 : 0x01; // bit 0: command, bit 1: last fragment
+    writePdvHeader(pdu, pcId, true, last, frag.length);
     frag.copy(pdu, 12);
     pdus.push(pdu);
   } while (off < command.length);
@@ -88,4 +84,21 @@ export function encodeResponseCommand(p: { commandField: number; messageIdBeingR
   const gl = Buffer.allocUnsafe(4);
   gl.writeUInt32LE(bodyLen, 0);
   return Buffer.concat([element(0x0000, 0x0000, gl), ...elems]);
+}
+
+/** The 12 bytes before a PDV's fragment when the PDU carries that one PDV: PDU header (type 4, length) and
+ * PDV item header (length, presentation context, control header: bit 0 command, bit 1 last fragment). */
+export function pdvHeader(pcId: number, command: boolean, last: boolean, fragmentLength: number): Buffer {
+  const h = Buffer.allocUnsafe(12);
+  writePdvHeader(h, pcId, command, last, fragmentLength);
+  return h;
+}
+
+function writePdvHeader(b: Buffer, pcId: number, command: boolean, last: boolean, fragmentLength: number): void {
+  b[0] = 0x04;
+  b[1] = 0;
+  b.writeUInt32BE(6 + fragmentLength, 2);
+  b.writeUInt32BE(2 + fragmentLength, 6);
+  b[10] = pcId;
+  b[11] = (command ? 1 : 0) | (last ? 2 : 0);
 }
