@@ -8,6 +8,7 @@ import { join } from 'path';
 import { spawnSync } from 'child_process';
 import YAML from 'yaml';
 import { loadConfig } from '../src/config/load';
+import { ConfigError } from '../src/config/types';
 import { startNode, RunningNode } from '../src/commands/serve';
 import { silentLogger } from '../src/observe/logger';
 import { el } from './helpers/build';
@@ -217,4 +218,32 @@ describe('burned-in policies and linkage in batch', { skip }, () => {
     assert.equal(again.status, 1, again.stderr);
     assert.equal(linkLines(linkagePath).length, 2);
   });
+});
+
+test('configuration of the checks: located errors, resolved defaults, check-config shows them', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'deid-checks-config-'));
+  const write = (studies: unknown) => {
+    writeFileSync(join(dir, 'router.yaml'), YAML.stringify({ stateDir: join(dir, 'state'), studies }));
+    return join(dir, 'router.yaml');
+  };
+  let problems: string[] = [];
+  try {
+    loadConfig(write({ S: { PhiGate: 'quarantined', BurnedInAnnotation: 'flag', RecognizableVisualFeatures: true, BurnedInUnknown: 'ignore', Linkage: 'broker.jsonl' } }), {});
+  } catch (e) {
+    if (e instanceof ConfigError) problems = e.problems;
+  }
+  assert.deepEqual(problems.map((p) => p.replace(/^[^:]*router\.yaml: /, '')), [
+    'studies.S.PhiGate: "quarantined" is not one of quarantine, warn, off',
+    'studies.S.BurnedInAnnotation: "flag" is not one of quarantine, keep',
+    'studies.S.RecognizableVisualFeatures: "true" is not one of quarantine, keep',
+    'studies.S.BurnedInUnknown: "ignore" is not one of quarantine, keep, flag',
+    "studies.S.Linkage: must be { path: FILE } (the honest broker's linkage log)",
+  ]);
+  const c = loadConfig(write({ S: {}, L: { PhiGate: 'warn', Linkage: { path: 'broker/linkage.jsonl' } } }), {});
+  const s = c.studies.get('S')!;
+  assert.deepEqual([s.phiGate, s.burnedInAnnotation, s.recognizableVisualFeatures, s.burnedInUnknown, s.linkage], ['quarantine', 'quarantine', 'quarantine', 'flag', undefined]);
+  assert.equal(c.studies.get('L')!.linkage!.path, join(process.cwd(), 'broker', 'linkage.jsonl'));
+  const shown = spawnSync(process.execPath, ['dist/cli.js', 'check-config', '--config', join(dir, 'router.yaml')], { encoding: 'utf8' });
+  assert.equal(shown.status, 0, shown.stderr);
+  assert.match(shown.stdout, /L: .*\n(?:    .*\n)*    checks: PHI gate warn; burned-in annotation quarantine, recognizable visual features quarantine, burned-in unknown flag\n    linkage log: \S+broker\/linkage\.jsonl/);
 });
