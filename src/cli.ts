@@ -71,7 +71,10 @@ function describeConfig(c: RouterConfig): string {
     : c.saltFile ? `file ${c.saltFile}, which does not exist here: serve refuses to start without it`
     : `generated on first run into ${saltPath(c)}`;
   lines.push(`salt: ${saltFrom}`);
-  lines.push(`listen: ${c.listen.aeTitle} on ${c.listen.host}:${c.listen.port}${c.listen.allowUnknownCallers ? ' (unknown callers allowed)' : ''}`);
+  for (const l of c.listeners) {
+    const tls = l.tls ? `, TLS${l.tls.requireClientCert ? ' with client certificates' : ''}` : '';
+    lines.push(`listen: ${l.aeTitle} on ${l.host}:${l.port}${tls}${l.allowUnknownCallers ? ' (unknown callers allowed)' : ''}`);
+  }
   lines.push(`http: ${c.http ? `${c.http.host}:${c.http.port} (/metrics, /healthz, /readyz, status page)${c.http.token ? ', Bearer token required' : ''}` : 'off'}`);
   const l = c.limits;
   lines.push(`limits: ${l.maxAssociations} associations (${l.maxAssociationsPerCaller} per calling AE); PDU ${l.maxPduBytes} bytes; dataset ${l.maxDatasetBytes} bytes (${l.maxBufferedBytes} held in memory whole), inflated ${l.maxInflatedBytes}; sequence depth ${l.maxSequenceDepth}; idle ${l.idleSeconds} s, association ${l.associationSeconds} s, A-ASSOCIATE-RQ within ${l.associationRequestSeconds} s`);

@@ -60,3 +60,39 @@ describe('dicomweb destinations', () => {
     assert.match(p, /destinations\.e\.type: "dicomwbe" is not one of folder, dicom, dicomweb/);
   });
 });
+
+describe('listening endpoints', () => {
+  test('a list of endpoints, one with TLS, resolves; check-config lists them', () => {
+    const dir = routerYaml('');
+    writeFileSync(join(dir, 'c.pem'), 'x');
+    writeFileSync(join(dir, 'k.pem'), 'x');
+    writeFileSync(join(dir, 'router.yaml'), `listen:\n  - { host: 0.0.0.0, port: 104 }\n  - { host: 0.0.0.0, port: 2762, tls: { cert: ${join(dir, 'c.pem')}, key: ${join(dir, 'k.pem')}, ca: ${join(dir, 'c.pem')}, requireClientCert: true } }\n`);
+    const c = loadConfig(dir, {});
+    assert.equal(c.listeners.length, 2);
+    assert.equal(c.listen, c.listeners[0]);
+    assert.deepEqual(c.listeners[1].tls, { cert: join(dir, 'c.pem'), key: join(dir, 'k.pem'), ca: join(dir, 'c.pem'), requireClientCert: true });
+    const r = spawnSync(process.execPath, ['dist/cli.js', 'check-config', '--config', dir], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /listen: DEID_ROUTER on 0\.0\.0\.0:104\n/);
+    assert.match(r.stdout, /listen: DEID_ROUTER on 0\.0\.0\.0:2762, TLS with client certificates/);
+  });
+
+  test('every key is checked, with its location', () => {
+    const p = problems(routerYaml([
+      'listen:',
+      '  - { port: 104 }',
+      '  - { port: 104 }',
+      '  - { port: 2762, tls: { cert: /nonexistent/c.pem, requireClientCert: yes, ciphers: x } }',
+      '  - { port: 2763, tls: { cert: /etc/hostname, key: /etc/hostname, requireClientCert: true } }',
+      '  - { port: 2764, tsl: {} }',
+    ].join('\n') + '\n')).join('\n');
+    assert.match(p, /listen\[1\]: 127\.0\.0\.1:104 is also listen\[0\]/);
+    assert.match(p, /listen\[2\]\.tls\.cert: cannot read \/nonexistent\/c\.pem: ENOENT/);
+    assert.match(p, /listen\[2\]\.tls: needs cert and key/);
+    assert.match(p, /listen\[2\]\.tls\.requireClientCert: must be true or false/);
+    assert.match(p, /listen\[2\]\.tls\.ciphers: unknown key/);
+    assert.match(p, /listen\[3\]\.tls\.requireClientCert: needs ca/);
+    assert.match(p, /listen\[4\]\.tsl: unknown key \(did you mean "tls"\?\)/);
+    assert.match(problems(routerYaml('listen: []\n')).join('\n'), /listen: must list at least one endpoint/);
+  });
+});

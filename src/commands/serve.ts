@@ -1,13 +1,14 @@
 // `serve`: the storage SCP wired to the pipeline and the destinations. The network layer hands us
 // raw dataset bytes; we answer each C-STORE only once its de-identified result is durably stored
 // (folder written + fsynced + renamed, or spooled + fsynced for forwarding).
-import { accessSync, constants as fsConstants, statSync } from 'fs';
+import { accessSync, constants as fsConstants, readFileSync, statSync } from 'fs';
 import { dirname, join } from 'path';
 import type { Logger } from 'pino';
 import { DEFAULT_SHUTDOWN_GRACE_SECONDS } from '../config/load';
-import { ConfigError, type DicomDestinationConfig, type DicomwebDestinationConfig, type LimitsConfig, type RouterConfig, type TlsClientConfig } from '../config/types';
+import { ConfigError, type DicomDestinationConfig, type DicomwebDestinationConfig, type LimitsConfig, type RouterConfig, type TlsClientConfig, type TlsServerConfig } from '../config/types';
 import { DeidPipeline, ImageRejected, RoutedImage, Status } from '../pipeline';
 import { startStorageScp, silenceDimseLibraries, StoreRequest, StoreStart, RunningScp, NetworkLimits } from '../receive';
+import type { ServerTls } from '../receive/tls';
 import { DurableWriter } from '../deliver/durable-writer';
 import { checkWritableDir, removeTempFiles } from '../deliver/folder';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
@@ -42,6 +43,8 @@ interface Routing {
 /** Everything a running node holds; `stop` drains it. */
 export interface RunningNode {
   scp: RunningScp;
+  /** One per listening endpoint, in the order of `listen`; scp is the first. */
+  scps: RunningScp[];
   /** The HTTP face, when `http:` is configured. */
   http?: RunningHttpFace;
   metrics: RouterMetrics;
@@ -325,21 +328,30 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     if (removed) logger.info({ destination: d.name, removed }, 'removed temp files an earlier run left in the outgoing folder');
   }
 
-  scp = await startStorageScp({
-    host: c.listen.host,
-    port: c.listen.port,
-    policy: { aeTitle: c.listen.aeTitle, allowUnknownCallers: c.listen.allowUnknownCallers, isKnownCaller: (ae) => routing.knownCallers.has(ae.trim().toUpperCase()) },
-    onStore,
-    onStoreStream,
-    logger,
-    implementationClassUid: IMPLEMENTATION_CLASS_UID,
-    implementationVersionName: IMPLEMENTATION_VERSION_NAME,
-    onAssociationEnded: observe.associationEnded,
-    onRefused: observe.refused,
-    limits: scpLimits(c.limits),
-  }).catch(undoStart);
+  // One SCP per listening endpoint, all with the same AE policy, pipeline and destinations.
+  const scps: RunningScp[] = [];
+  for (const l of c.listeners) {
+    scps.push(await startStorageScp({
+      host: l.host,
+      port: l.port,
+      tls: readServerTls(l.tls),
+      policy: { aeTitle: l.aeTitle, allowUnknownCallers: l.allowUnknownCallers, isKnownCaller: (ae) => routing.knownCallers.has(ae.trim().toUpperCase()) },
+      onStore,
+      onStoreStream,
+      logger,
+      implementationClassUid: IMPLEMENTATION_CLASS_UID,
+      implementationVersionName: IMPLEMENTATION_VERSION_NAME,
+      onAssociationEnded: observe.associationEnded,
+      onRefused: observe.refused,
+      limits: scpLimits(c.limits),
+    }).catch(async (e: unknown) => {
+      await Promise.all(scps.map((x) => x.close({ graceMs: 0 })));
+      return undoStart(e);
+    }));
+  }
+  scp = scps[0];
   listening = true;
-  logger.info({ aeTitle: c.listen.aeTitle, host: c.listen.host, port: scp.port, destinations: [...c.destinations.keys()], stations: c.stations.size, studies: c.studies.size }, 'listening');
+  logger.info({ aeTitle: c.listen.aeTitle, endpoints: c.listeners.map((l, i) => `${l.host}:${scps[i].port}${l.tls ? ' (TLS)' : ''}`), destinations: [...c.destinations.keys()], stations: c.stations.size, studies: c.studies.size }, 'listening');
 
   let reloading: Promise<unknown> = Promise.resolve();
   async function reloadOnce(load: () => RouterConfig): Promise<ReloadEvent> {
@@ -357,7 +369,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     }
     const notes: string[] = [];
     const restartOnly: Array<[string, unknown, unknown]> = [
-      ['listen', c.listen, next.listen], ['http', c.http, next.http], ['stateDir', c.stateDir, next.stateDir], ['limits (network)', scpLimits(c.limits), scpLimits(next.limits)],
+      ['listen', c.listeners, next.listeners], ['http', c.http, next.http], ['stateDir', c.stateDir, next.stateDir], ['limits (network)', scpLimits(c.limits), scpLimits(next.limits)],
       ['salt', c.salt?.value ?? c.saltFile, next.salt?.value ?? next.saltFile],
     ];
     for (const [key, was, now] of restartOnly) if (JSON.stringify(was) !== JSON.stringify(now)) notes.push(`${key}: changed; takes effect at the next start`);
@@ -380,6 +392,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
 
   return {
     scp,
+    scps,
     http,
     metrics,
     reload(load) {
@@ -394,8 +407,8 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       const deadline = Date.now() + (c.shutdownGraceSeconds ?? DEFAULT_SHUTDOWN_GRACE_SECONDS) * 1000;
       const left = (): number => Math.max(0, deadline - Date.now());
       await withinMs(reloading, left());
-      await scp!.close({ graceMs: left() });
-      logger.info({ scp: scp!.stats() }, 'storage SCP counters');
+      await Promise.all(scps.map((x) => x.close({ graceMs: left() })));
+      for (const x of scps) logger.info({ port: x.port, scp: x.stats() }, 'storage SCP counters');
       await Promise.all([...routing.forwards.values()].map((f) =>
         f.queue instanceof ForwardQueue ? f.queue.stop(left()) : withinMs(f.queue.stop(), left() + 1000)));
       await http?.close();
@@ -449,6 +462,12 @@ function viewDestinations(rt: Routing): DestinationView[] {
     }
   }
   return out;
+}
+
+/** A TLS endpoint's PEM files, read at start (the config check made sure they are readable). */
+function readServerTls(t: TlsServerConfig | undefined): ServerTls | undefined {
+  if (!t) return undefined;
+  return { cert: readFileSync(t.cert), key: readFileSync(t.key), ca: t.ca ? readFileSync(t.ca) : undefined, requireClientCert: t.requireClientCert };
 }
 
 /** Waits for p, but no longer than ms. */

@@ -14,7 +14,7 @@ import {
   PrivateKeep, RouterConfig, StationConfig, StudyConfig, HttpConfig, PHI_GATE_MODES, BURNED_IN_POLICIES, BURNED_IN_UNKNOWN_POLICIES, LimitsConfig,
 } from './types';
 import type { ProfileOptionName } from '../deid/profile.generated';
-import type { DicomwebDestinationConfig, TlsClientConfig, TlsServerConfig } from './types';
+import type { DicomwebDestinationConfig, ListenConfig, TlsClientConfig, TlsServerConfig } from './types';
 
 type Raw = Record<string, unknown>;
 
@@ -140,7 +140,8 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
   if (grace !== undefined && (typeof grace !== 'number' || !Number.isFinite(grace) || grace < 0 || grace > 3600)) {
     p.add(`${routerName}: shutdownGraceSeconds`, 'must be a number of seconds from 0 to 3600');
   }
-  const listen = parseListen(router.listen, `${routerName}: listen`, p);
+  const listeners = parseListeners(router.listen, `${routerName}: listen`, p);
+  const listen = listeners[0];
   const http = parseHttp(router.http, `${routerName}: http`, env, p);
   const limits = parseLimits(router.limits, `${routerName}: limits`, p);
   const destinations = parseDestinations(router.destinations, `${routerName}: destinations`, p);
@@ -162,7 +163,7 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
   }
   if (p.list.length) throw new ConfigError(p.list);
   return {
-    sources, salt, saltFile: saltFile ? resolve(saltFile) : undefined, listen, http, limits, destinations,
+    sources, salt, saltFile: saltFile ? resolve(saltFile) : undefined, listen, listeners, http, limits, destinations,
     defaultDestination, stateDir, unknownStudy: unknownStudy as 'default' | 'quarantine', logLevel, stations, studies,
     shutdownGraceSeconds: typeof grace === 'number' ? grace : DEFAULT_SHUTDOWN_GRACE_SECONDS,
   };
@@ -474,7 +475,7 @@ function parseListen(v: unknown, where: string, p: Problems): RouterConfig['list
     p.add(where, 'must be a mapping');
     return d;
   }
-  checkKeys(v, ['aeTitle', 'host', 'port', 'allowUnknownCallers'], where, p);
+  checkKeys(v, ['aeTitle', 'host', 'port', 'allowUnknownCallers', 'tls'], where, p);
   const ae = v.aeTitle ?? d.aeTitle;
   if (typeof ae !== 'string' || !ae.trim() || ae.trim().length > 16) p.add(`${where}.aeTitle`, 'must be 1 to 16 characters');
   const host = v.host ?? d.host;
@@ -483,7 +484,25 @@ function parseListen(v: unknown, where: string, p: Problems): RouterConfig['list
   if (typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535) p.add(`${where}.port`, 'must be a port number');
   const allow = v.allowUnknownCallers ?? false;
   if (typeof allow !== 'boolean') p.add(`${where}.allowUnknownCallers`, 'must be true or false');
-  return { aeTitle: String(ae).trim(), host: String(host), port: Number(port), allowUnknownCallers: allow === true };
+  const tls = parseTls(v.tls, `${where}.tls`, 'server', p);
+  return { aeTitle: String(ae).trim(), host: String(host), port: Number(port), allowUnknownCallers: allow === true, ...(tls ? { tls } : {}) };
+}
+
+/** `listen:` is one endpoint, or a list of them (e.g. 104 plain and 2762 TLS side by side). */
+function parseListeners(v: unknown, where: string, p: Problems): ListenConfig[] {
+  if (!Array.isArray(v)) return [parseListen(v, where, p)];
+  if (v.length === 0) {
+    p.add(where, 'must list at least one endpoint');
+    return [parseListen(undefined, where, p)];
+  }
+  const out = v.map((e, i) => parseListen(e, `${where}[${i}]`, p));
+  const seen = new Map<string, number>();
+  out.forEach((l, i) => {
+    const k = `${l.host}:${l.port}`;
+    if (l.port !== 0 && seen.has(k)) p.add(`${where}[${i}]`, `${k} is also listen[${seen.get(k)}]`);
+    seen.set(k, i);
+  });
+  return out;
 }
 
 /** `http: { host, port, token }`; DEID_HTTP_TOKEN beats the file's token (a secret kept out of it). */

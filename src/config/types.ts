@@ -90,7 +90,7 @@ export interface DicomwebDestinationConfig {
 }
 export type DestinationConfig = FolderDestinationConfig | DicomDestinationConfig | DicomwebDestinationConfig;
 
-export interface ListenConfig { aeTitle: string; host: string; port: number; allowUnknownCallers: boolean }
+export interface ListenConfig { aeTitle: string; host: string; port: number; allowUnknownCallers: boolean; tls?: TlsServerConfig }
 
 /** The HTTP face (metrics, health, status page); absent: no HTTP server. */
 export interface HttpConfig { host: string; port: number; token?: string }
@@ -119,7 +119,10 @@ export interface RouterConfig {
   sources: string[];
   salt?: { from: 'config' | 'env' | 'file'; value: string };
   saltFile?: string;
+  /** The first listening endpoint (the one a single-endpoint configuration has). */
   listen: ListenConfig;
+  /** Every listening endpoint, `listen` first. */
+  listeners: ListenConfig[];
   http?: HttpConfig;
   limits: LimitsConfig;
   destinations: Map<string, DestinationConfig>;

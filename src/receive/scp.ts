@@ -13,6 +13,7 @@
 //   handler is still writing a big image) are disabled; this module has its own association-request and idle
 //   timeouts that never fire while a C-STORE is being processed.
 import * as net from 'net';
+import { createListeningServer } from './tls';
 import { Scp, Implementation, constants, association as dimseAssociation } from 'dcmjs-dimse';
 import type { Logger } from 'pino';
 import { encodeCommandPData, encodeCStoreRspCommand, encodeResponseCommand } from './dimse';
@@ -691,7 +692,7 @@ export async function startStorageScp(opts: ScpOptions): Promise<RunningScp> {
   };
   const { associationRequestTimeoutMs: assocRqTimeout, idleTimeoutMs: idleTimeout, associationTimeLimitMs } = limits;
 
-  const server = net.createServer({ noDelay: true }, (socket) => {
+  const server = createListeningServer(opts.tls, (socket) => {
     socket.setNoDelay(true);
     if (state.closing || !makeRoomFor(state)) {
       socket.destroy();
@@ -707,7 +708,7 @@ export async function startStorageScp(opts: ScpOptions): Promise<RunningScp> {
       return;
     }
     state.connections.add(conn);
-  });
+  }, state.log);
 
   await new Promise<void>((resolve, reject) => {
     const onError = (err: Error): void => reject(err);
@@ -736,7 +737,7 @@ export async function startStorageScp(opts: ScpOptions): Promise<RunningScp> {
   }, Math.max(50, Math.min(1000, Math.floor(Math.min(assocRqTimeout, idleTimeout, associationTimeLimitMs) / 4))));
   timer.unref();
 
-  state.log.info({ host: opts.host, port, aeTitle: opts.policy.aeTitle, limits }, 'storage SCP listening');
+  state.log.info({ host: opts.host, port, tls: opts.tls !== undefined, aeTitle: opts.policy.aeTitle, limits }, 'storage SCP listening');
 
   let closePromise: Promise<void> | undefined;
   const close = (closeOpts?: { graceMs?: number }): Promise<void> => {

@@ -1,4 +1,5 @@
 // Public types of the storage SCP network layer. Nothing here knows about de-identification.
+import type { ServerTls } from './tls';
 import type { Logger } from 'pino';
 import type { AssociationSummary, RefusalEvent } from '../observe/events';
 import type { ScpStats } from './stats';
@@ -85,6 +86,8 @@ export interface ScpOptions {
   idleTimeoutMs?: number;
   /** Network limits (router.yaml `limits`); each one not given keeps its default (src/receive/limits.ts). */
   limits?: Partial<NetworkLimits>;
+  /** DICOM TLS on this endpoint (PEM contents). */
+  tls?: ServerTls;
   /** Told of every association when it ends (metrics, status page). */
   onAssociationEnded?: (a: AssociationSummary) => void;
   /** Something refused or ended by us because of a limit or a bad peer (also counted in RunningScp.stats()). */
