@@ -351,7 +351,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
   }
   scp = scps[0];
   listening = true;
-  logger.info({ aeTitle: c.listen.aeTitle, endpoints: c.listeners.map((l, i) => `${l.host}:${scps[i].port}${l.tls ? ' (TLS)' : ''}`), destinations: [...c.destinations.keys()], stations: c.stations.size, studies: c.studies.size }, 'listening');
+  logger.info({ aeTitle: c.listen.aeTitle, host: c.listen.host, port: scp.port, endpoints: c.listeners.map((l, i) => `${l.host}:${scps[i].port}${l.tls ? ' (TLS)' : ''}`), destinations: [...c.destinations.keys()], stations: c.stations.size, studies: c.studies.size }, 'listening');
 
   let reloading: Promise<unknown> = Promise.resolve();
   async function reloadOnce(load: () => RouterConfig): Promise<ReloadEvent> {
