@@ -3,13 +3,14 @@
 // private folders.
 import { test, describe, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'fs';
 import { tmpdir } from 'os';
 import { join } from 'path';
 import {
   MAX_WRITE_BYTES, TEMP_PREFIX, checkWritableDir, knownDirCount, removeTempFiles, writeAllSync, writeFileAtomicSync,
 } from '../src/deliver/folder';
 import { Quarantine } from '../src/deliver/quarantine';
+import { DurableWriter } from '../src/deliver/durable-writer';
 import { Spool } from '../src/deliver/spool';
 import { mountRefusal, mountTmpfs, unmount } from './helpers/mounts';
 
@@ -121,6 +122,26 @@ describe('folders a consumer removes', () => {
     const part10 = minimalPart10('1.2.826.0.1.3680043.2.1143.1');
     await spool.enqueue(part10, { sopInstanceUid: '1.2.826.0.1.3680043.2.1143.1', sopClassUid: '1.2.840.10008.5.1.4.1.1.7', transferSyntaxUid: '1.2.840.10008.1.2.1', studyInstanceUid: '' });
     assert.deepEqual(await spool.listIds(), ['1.2.826.0.1.3680043.2.1143.1']);
+  });
+
+  test('an image streamed into a folder a consumer takes away (or deletes) before the commit is written again from its descriptor', async () => {
+    const w = new DurableWriter();
+    const out = join(root, 'streamed');
+    for (const how of ['moved', 'deleted'] as const) {
+      const target = join(out, 'STUDY', how, '1.dcm');
+      const f = w.open(target);
+      const data = [bytes(300_000, 1), bytes(5000, 2)];
+      f.append([data[0]]);
+      await f.whenBelow(1);
+      if (how === 'moved') renameSync(join(out, 'STUDY'), join(root, 'streamed-taken'));
+      else rmSync(join(out, 'STUDY'), { recursive: true });
+      f.append([data[1]]);
+      await f.commit();
+      assert.ok(readFileSync(target).equals(Buffer.concat(data)), how);
+      assert.deepEqual(readdirSync(join(out, 'STUDY', how)), ['1.dcm']);
+    }
+    // What the consumer took holds no half image: the old temp file was emptied.
+    for (const n of readdirSync(join(root, 'streamed-taken', 'moved'))) assert.equal(statSync(join(root, 'streamed-taken', 'moved', n)).size, 0, n);
   });
 
   test('the cache of known folders is bounded', () => {

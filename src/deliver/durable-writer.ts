@@ -98,21 +98,22 @@ export class DurableFile {
   private queue: Buffer[] = [];
   private pumping = false;
 
-  constructor(private readonly w: DurableWriter, readonly path: string, dirMode = 0o755) {
+  constructor(private readonly w: DurableWriter, readonly path: string, private readonly dirMode = 0o755) {
     const dir = dirname(path);
     this.fd = (async () => {
       await w.ensureDir(dir, dirMode);
       const t0 = hrMs();
       this.tmp = childPath(dir, w.tempName(dir));
       let fd: number;
+      // Read-write: if the folder is taken away before the commit, the bytes are read back (relocate).
       try {
-        fd = await call<number>((cb) => fs.open(this.tmp, 'w', 0o644, cb));
+        fd = await call<number>((cb) => fs.open(this.tmp, 'w+', 0o644, cb));
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
         // The folder was removed behind our back (an operator moved a study away): make it again.
         w.forgetDir(dir);
         await w.ensureDir(dir, dirMode);
-        fd = await call<number>((cb) => fs.open(this.tmp, 'w', 0o644, cb));
+        fd = await call<number>((cb) => fs.open(this.tmp, 'w+', 0o644, cb));
       }
       w.stats.openMs += hrMs() - t0;
       return fd;
@@ -204,7 +205,12 @@ export class DurableFile {
       let t1 = hrMs();
       st.datasyncMs += t1 - t0;
       t0 = t1;
-      await call<void>((cb) => fs.rename(this.tmp, this.path, (e) => cb(e, undefined)));
+      try {
+        await call<void>((cb) => fs.rename(this.tmp, this.path, (e) => cb(e, undefined)));
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        await this.relocate(fd);
+      }
       t1 = hrMs();
       st.renameMs += t1 - t0;
     } catch (e) {
@@ -223,6 +229,41 @@ export class DurableFile {
     st.dirSyncMs += hrMs() - t0;
     st.files++;
     st.bytes += this.size;
+  }
+
+  /**
+   * The folder went away with the temp file in it (a consumer took the study folder, or emptied
+   * the tree): the bytes are still behind our descriptor. Copy them into a temp file in the folder
+   * made again, and rename that instead; the old temp file is emptied where it went.
+   */
+  private async relocate(fd: number): Promise<void> {
+    const dir = dirname(this.path);
+    const buf = Buffer.allocUnsafe(Math.min(this.size, 1 << 20));
+    for (let attempt = 1; ; attempt++) {
+      this.w.forgetDir(dir);
+      await this.w.ensureDir(dir, this.dirMode);
+      const tmp = childPath(dir, this.w.tempName(dir));
+      const out = await call<number>((cb) => fs.open(tmp, 'w', 0o644, cb));
+      try {
+        for (let pos = 0; pos < this.size; ) {
+          const n = await call<number>((cb) => fs.read(fd, buf, 0, Math.min(buf.length, this.size - pos), pos, cb));
+          if (n === 0) throw Object.assign(new Error('temp file shorter than written'), { code: 'EIO' });
+          for (let off = 0; off < n; ) off += await call<number>((cb) => fs.write(out, buf, off, n - off, pos + off, cb));
+          pos += n;
+        }
+        await call<void>((cb) => fs.fdatasync(out, (e) => cb(e, undefined)));
+        await call<void>((cb) => fs.rename(tmp, this.path, (e) => cb(e, undefined)));
+      } catch (e) {
+        await call<void>((cb) => fs.unlink(tmp, (e2) => cb(e2, undefined))).catch(() => undefined);
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= WRITE_ATTEMPTS) throw e;
+        continue;
+      } finally {
+        fs.close(out, () => undefined);
+      }
+      await call<void>((cb) => fs.ftruncate(fd, 0, (e) => cb(e, undefined))).catch(() => undefined);
+      this.tmp = tmp;
+      return;
+    }
   }
 
   /** Drop the file: nothing becomes visible, the temp file is removed. */
