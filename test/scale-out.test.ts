@@ -5,6 +5,8 @@
 // retry what was not answered Success. Every image arrives, the union of the outputs is byte for
 // byte what a single replica writes for the same input, and the killed replica's spool drains
 // after its restart (storescp is started only then, so that spool is not empty when it dies).
+// The corpus and two variants of each file: enough images that an association lasts long enough
+// to be seen open and cut.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'child_process';
@@ -151,7 +153,7 @@ test('scale-out: 3 replicas behind haproxy, one SIGKILLed and restarted; outputs
   const outcome = new Map<string, { folder: string; pacs: string }>();
   uniqueCorpus(corpusFiles(CORPUS_PHI)).forEach((f, i) => {
     const copies = [f.bytes];
-    if (f.sopInstanceUid === f.datasetSopInstanceUid && f.sopInstanceUid.length >= 20) copies.push(makeVariants(f.bytes, 1, 500 + i)[0].bytes);
+    if (f.sopInstanceUid === f.datasetSopInstanceUid && f.sopInstanceUid.length >= 20) copies.push(...makeVariants(f.bytes, 2, 500 + i).map((v) => v.bytes));
     copies.forEach((bytes, k) => {
       const name = join(input, `${String(files.length).padStart(4, '0')}-${k}-${f.file}`);
       try {
@@ -165,7 +167,7 @@ test('scale-out: 3 replicas behind haproxy, one SIGKILLed and restarted; outputs
       files.push(name);
     });
   });
-  assert.ok(files.length > 100, `${files.length} inputs`);
+  assert.ok(files.length > 140, `${files.length} inputs`);
   const share = (s: number) => files.filter((_, i) => i % SENDERS.length === s);
   const expected = { STUDYA: new Set<string>(), T1: new Set<string>() };
   SENDERS.forEach((sender, s) => {
@@ -229,15 +231,19 @@ test('scale-out: 3 replicas behind haproxy, one SIGKILLed and restarted; outputs
     }, 10_000, 'haproxy to pass an echo');
     const sending = SENDERS.map((s, i) => sendAll(lbPort, s.ae, share(i)));
     // Kill midway the first replica that has spooled images of study T1 (the PACS is down, so they
-    // stay in its spool).
+    // stay in its spool) while its LABSCU association is still open (no LABSCU association has
+    // ended there yet): that sender is cut off and must retry.
     let victim: Replica | undefined;
-    await waitFor(async () => {
+    const deadline = Date.now() + 30_000;
+    while (!victim) {
       for (const r of trio) {
         const m = await metrics(r.httpPort).catch(() => undefined);
-        if (m && sampleValue(m, 'deid_router_images_stored_total', { station: 'lab' }) >= 2) victim = r;
+        if (m && sampleValue(m, 'deid_router_images_stored_total', { station: 'lab' }) >= 2
+          && sampleValue(m, 'deid_router_associations_total', { calling_ae: 'LABSCU' }) === 0) victim = r;
       }
-      return victim !== undefined;
-    }, 30_000, 'a replica to spool images');
+      if (Date.now() > deadline) throw new Error('no replica was seen receiving LABSCU images while the association was open');
+      if (!victim) await sleep(20);
+    }
     victim!.child!.kill('SIGKILL');
     await new Promise((res) => victim!.child!.once('exit', res));
     phase(`${victim!.name} killed`);
