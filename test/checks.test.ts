@@ -85,7 +85,9 @@ const EXPECTED_REASONS = [
 ];
 
 function writeConfig(dir: string, linkagePath: string): string {
-  const studies = { ...STUDIES, LINKED: { Linkage: { path: linkagePath } } };
+  // LINKBAD: a linkage log whose path is a folder, which cannot be appended to.
+  mkdirSync(join(dir, 'linkbad'), { recursive: true });
+  const studies = { ...STUDIES, LINKED: { Linkage: { path: linkagePath } }, LINKBAD: { Linkage: { path: join(dir, 'linkbad') } } };
   const cfg = {
     listen: { aeTitle: 'DEID_ROUTER', host: '127.0.0.1', port: 0, allowUnknownCallers: false },
     stateDir: join(dir, 'state'),
@@ -164,6 +166,10 @@ describe('burned-in policies and linkage over the network', { skip }, () => {
       // The line is on disk when Success is answered, not later.
       if (name === 'link1') assert.equal(linkLines(linkagePath).length, 1);
     }
+    mkdirSync(join(base, 'in-bad'));
+    const bad = input(join(base, 'in-bad'), 'linkbad', CT, 'LINKBAD');
+    const r = await run('storescu', ['-d', '-aet', 'STORESCU', '-aec', 'DEID_ROUTER', '127.0.0.1', String(node.scp.port), bad]);
+    status.set('linkbad', /DIMSE Status\s*:\s*(0x[0-9a-f]{4})/i.exec(r.stdout + r.stderr)?.[1] ?? 'none');
   });
   after(async () => {
     await node?.stop();
@@ -171,6 +177,7 @@ describe('burned-in policies and linkage over the network', { skip }, () => {
 
   test('quarantine policies and the PHI gate refuse with a failure status; keep and flag deliver', async () => {
     for (const [name, s] of status) {
+      if (name === 'linkbad') continue;
       if (name === 'leak') assert.equal(s.toLowerCase(), '0xc100', name);
       else if (REFUSED.includes(name)) assert.equal(s.toLowerCase(), '0xc101', name);
       else assert.equal(s, '0x0000', name);
@@ -180,7 +187,13 @@ describe('burned-in policies and linkage over the network', { skip }, () => {
     assert.equal(out.get('KEEP')?.length, 3);
     assert.equal(out.get('UNKQ'), undefined);
     const r = reasons(join(base, 'state', 'quarantine'));
-    assert.deepEqual(r.map((x) => `${x.stage}: ${x.reason}`).sort(), EXPECTED_REASONS);
+    assert.deepEqual(r.filter((x) => x.stage !== 'deliver').map((x) => `${x.stage}: ${x.reason}`).sort(), EXPECTED_REASONS);
+  });
+
+  test('a linkage log that cannot be written: failure status, original quarantined, nothing delivered', () => {
+    assert.equal(status.get('linkbad'), '0x0110');
+    assert.deepEqual(reasons(join(base, 'state', 'quarantine')).filter((x) => x.stage === 'deliver').map((x) => x.reason), ['linkage log not written: EISDIR']);
+    assert.equal(outputsByStudy(join(base, 'outgoing')).get('LINKBAD'), undefined);
   });
 
   test('BurnedInUnknown: flag is counted (metric); keep is not', async () => {
@@ -246,4 +259,22 @@ test('configuration of the checks: located errors, resolved defaults, check-conf
   const shown = spawnSync(process.execPath, ['dist/cli.js', 'check-config', '--config', join(dir, 'router.yaml')], { encoding: 'utf8' });
   assert.equal(shown.status, 0, shown.stderr);
   assert.match(shown.stdout, /L: .*\n(?:    .*\n)*    checks: PHI gate warn; burned-in annotation quarantine, recognizable visual features quarantine, burned-in unknown flag\n    linkage log: \S+broker\/linkage\.jsonl/);
+});
+
+test('a linkage log that cannot be written: the image is not delivered but quarantined, the run says so', () => {
+  const base = mkdtempSync(join(tmpdir(), 'deid-checks-nolink-'));
+  mkdirSync(join(base, 'in'));
+  input(join(base, 'in'), 'link', CT, 'LINKED');
+  input(join(base, 'in'), 'plain', CT, 'PLAIN');
+  // The log's path is a folder: it cannot be opened for appending.
+  const linkagePath = join(base, 'broker');
+  mkdirSync(linkagePath);
+  const config = writeConfig(base, linkagePath);
+  const r = spawnSync(process.execPath, ['dist/cli.js', 'anonymize', '--config', config, '--quarantine', join(base, 'q'), join(base, 'in'), join(base, 'out')], {
+    encoding: 'utf8', env: { ...process.env, DEID_SALT: SALT },
+  });
+  assert.equal(r.status, 1, r.stderr);
+  assert.match(r.stdout, /processed 1, quarantined 1,/);
+  assert.deepEqual([...outputsByStudy(join(base, 'out')).keys()], ['PLAIN']);
+  assert.deepEqual(reasons(join(base, 'q')).map((x) => `${x.stage}: ${x.reason}`), ['deliver: linkage log not written: EISDIR']);
 });
