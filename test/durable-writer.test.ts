@@ -75,3 +75,19 @@ test('a failing write rejects commit and leaves no temp file', async () => {
   assert.deepEqual(readdirSync(dir), ['file']);
   rmSync(dir, { recursive: true, force: true });
 });
+
+test('a folder taken away while a file is written piece by piece: the file still arrives whole', async () => {
+  const dir = tmp();
+  const w = new DurableWriter();
+  const path = join(dir, 'study', 'series', 'img.dcm');
+  const f = w.open(path);
+  const pieces = [randomBytes(70_000), randomBytes(3)];
+  f.append([pieces[0]]);
+  await f.whenBelow(1);
+  rmSync(join(dir, 'study'), { recursive: true }); // the consumer took the study, temp file and all
+  f.append([pieces[1]]);
+  await f.commit();
+  assert.deepEqual(readFileSync(path), Buffer.concat(pieces));
+  assert.deepEqual(readdirSync(join(dir, 'study', 'series')), ['img.dcm']);
+  rmSync(dir, { recursive: true, force: true });
+});

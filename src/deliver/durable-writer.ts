@@ -319,6 +319,8 @@ export class DurableWriter {
       } catch (e) {
         if ((e as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= WRITE_ATTEMPTS) throw e;
         this.forgetDir(dirname(path));
+        // A consumer emptying a large tree takes a while: give it that, a little more each time.
+        await new Promise((r) => setTimeout(r, 5 * attempt));
       }
     }
   }
