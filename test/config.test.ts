@@ -70,6 +70,13 @@ describe('configuration errors are located and clear', () => {
     assert.match(p, /defaultDestination: "nowhere" is not one of the destinations/);
   });
 
+  test('shutdownGraceSeconds: a number of seconds from 0 to 3600, 10 when absent', () => {
+    assert.match(problems(dirWith({ 'router.yaml': 'shutdownGraceSeconds: soon\n' })).join('\n'), /shutdownGraceSeconds: must be a number of seconds from 0 to 3600/);
+    assert.match(problems(dirWith({ 'router.yaml': 'shutdownGraceSeconds: -1\n' })).join('\n'), /shutdownGraceSeconds: must be/);
+    assert.equal(loadConfig(dirWith({ 'router.yaml': 'shutdownGraceSeconds: 2.5\n' }), {}).shutdownGraceSeconds, 2.5);
+    assert.equal(loadConfig(dirWith({ 'router.yaml': '' }), {}).shutdownGraceSeconds, 10);
+  });
+
   test('check-config exits non-zero with the errors, zero with the resolved config', () => {
     const bad = dirWith({ 'studies.json': { S: { AnonymizeTag: { PatientNmae: { action: 'clear' } } } } });
     const r1 = spawnSync(process.execPath, ['dist/cli.js', 'check-config', '--config', bad], { encoding: 'utf8' });

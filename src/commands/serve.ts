@@ -379,7 +379,10 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     // never drained by two queues at once, so a changed destination's new queue starts after.
     for (const [name, f] of previous.forwards) {
       if (candidate.forwards.get(name) === f) continue;
-      await f.queue.stop();
+      // A PACS that never answers must not hold the reload: the grace period, then abort (the
+      // image stays spooled for the new queue).
+      if (f.queue instanceof ForwardQueue) await f.queue.stop((c.shutdownGraceSeconds ?? DEFAULT_SHUTDOWN_GRACE_SECONDS) * 1000);
+      else await f.queue.stop();
       const backlog = f.queue.stats().backlog;
       if (!candidate.forwards.has(name) && backlog) notes.push(`destination ${name} removed with ${backlog} images in its spool (kept in ${f.spool.dir})`);
     }
