@@ -96,3 +96,19 @@ describe('listening endpoints', () => {
     assert.match(problems(routerYaml('listen: []\n')).join('\n'), /listen: must list at least one endpoint/);
   });
 });
+
+describe('storage commitment', () => {
+  test('station Commitment address and the time limit are checked, with their location', () => {
+    const ok = loadConfig(routerYaml('commitment: { timeLimitSeconds: 600 }\nstations:\n  ct: { AETitles: [CT1], Commitment: { aeTitle: CT1, host: 10.0.0.5, port: 104 } }\n'), {});
+    assert.deepEqual(ok.commitment, { timeLimitSeconds: 600 });
+    assert.deepEqual(ok.stations.get('ct')?.commitment, { aeTitle: 'CT1', host: '10.0.0.5', port: 104 });
+    const p = problems(routerYaml('commitment: { timeLimitSeconds: 0, timeLimit: 5 }\nstations:\n  ct: { AETitles: [CT1], Commitment: { aeTitle: "", port: 70000, hots: x } }\n  mr: { Comitment: {} }\n')).join('\n');
+    assert.match(p, /commitment\.timeLimitSeconds: must be a number of seconds from 1 to 604800/);
+    assert.match(p, /commitment\.timeLimit: unknown key/);
+    assert.match(p, /stations\.ct\.Commitment\.aeTitle: must be 1 to 16 characters/);
+    assert.match(p, /stations\.ct\.Commitment\.host: must be a host name or address/);
+    assert.match(p, /stations\.ct\.Commitment\.port: must be a port number/);
+    assert.match(p, /stations\.ct\.Commitment\.hots: unknown key \(did you mean "host"\?\)/);
+    assert.match(p, /stations\.mr\.Comitment: unknown key \(did you mean "Commitment"\?\)/);
+  });
+});

@@ -19,6 +19,8 @@ import { IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME } from '../dicom/
 import { spoolId, statusHex } from '../deliver/spool';
 import { StreamingImage, StreamStats, StreamTarget } from '../store-stream';
 import { StowQueue } from '../deliver/dicomweb';
+import { CommitmentIndex } from '../deliver/commitment-index';
+import { CommitmentService } from '../receive/commitment';
 import { displayUrl } from '../deliver/dicomweb-url';
 import { errorCode, errorMessage } from '../observe/errors';
 import { fanOut, type DestinationView, type ForwardEvent, type ReloadEvent } from '../observe/events';
@@ -120,6 +122,27 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
   }
 
   routing = await makeRouting(c);
+  // Storage commitment: where each answered instance went, keyed by a keyed hash of its original UID.
+  const commitmentIndex = new CommitmentIndex(c.stateDir, salt);
+  const commitment = new CommitmentService({
+    index: commitmentIndex, stateDir: c.stateDir, salt, logger, aeTitle: c.listen.aeTitle,
+    timeLimitMs: (c.commitment?.timeLimitSeconds ?? 3600) * 1000,
+    reportAddress: (ae) => [...routing.config.stations.values()].find((s) => s.aeTitles.some((a) => a.toUpperCase() === ae.trim().toUpperCase()))?.commitment,
+  });
+  commitment.start();
+  /** Notes a delivered image for storage commitment; a failure costs only a later "failed" report. */
+  const noteForCommitment = (originalSopInstanceUid: string, rt: Routing, r: RoutedImage | undefined): void => {
+    try {
+      if (!r || r.quarantine) commitmentIndex.record(originalSopInstanceUid, { q: true });
+      else {
+        commitmentIndex.record(originalSopInstanceUid, {
+          d: r.destinations.map((n) => [n, rt.config.destinations.get(n)?.type ?? 'folder', r.uids?.sopInstanceUid ?? '']),
+        });
+      }
+    } catch (e) {
+      logger.warn({ err: errorCode(e) }, 'storage commitment index not written');
+    }
+  };
   for (const f of routing.forwards.values()) f.queue.start(); // resumes whatever an earlier run left in the spool
 
   async function deliver(rt: Routing, r: RoutedImage): Promise<void> {
@@ -213,6 +236,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
         flags = noteFlags(r);
       },
       finished: (r, status, t) => {
+        if (status === Status.Success && r) noteForCommitment(start.sopInstanceUid, rt, r);
         const where = { callingAe: start.callingAeTitle, bytes: t.bytes, station: r?.station ?? 'unknown', study: r?.studyName ?? 'unknown', deidentifySeconds: t.engineMs / 1000 };
         if (status === Status.Success) observe.image({ ...where, outcome: 'stored', status, storeSeconds: t.storeMs / 1000, flags: flags.length ? flags : undefined });
         else observe.image({ ...where, outcome: 'failed', status, stage: 'deliver', reason: t.reason });
@@ -244,6 +268,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       const status = !failed ? Status.Success : failureStatus(failed);
       observe.image({ ...where, outcome: failed ? 'failed' : 'quarantined', status, stage: 'identify', reason });
       if (!failed) logger.info({ callingAe: req.callingAeTitle, station: r.station }, 'image of an unconfigured study quarantined');
+      if (!failed) noteForCommitment(req.sopInstanceUid, rt, undefined);
       return status;
     }
     const flags = noteFlags(r);
@@ -274,6 +299,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       observe.image({ ...where, outcome: kept ? 'quarantined' : 'failed', status, stage: 'deliver', reason });
       return status;
     }
+    noteForCommitment(req.sopInstanceUid, rt, r);
     observe.image({ ...where, outcome: 'stored', status: Status.Success, storeSeconds: seconds(t1), flags: flags.length ? flags : undefined });
     logger.debug({ study: r.studyName, station: r.station, sopInstanceUid: r.uids?.sopInstanceUid, destinations: r.destinations }, 'image stored');
     return Status.Success;
@@ -301,6 +327,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     await http?.close();
     await Promise.all([...routing.forwards.values()].map((f) => f.queue.stop()));
     linkage.close();
+    commitment.stop();
     loopDelay.disable();
     throw e;
   };
@@ -343,6 +370,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       implementationVersionName: IMPLEMENTATION_VERSION_NAME,
       onAssociationEnded: observe.associationEnded,
       onRefused: observe.refused,
+      onCommitmentRequest: (req) => commitment.handle(req),
       limits: scpLimits(c.limits),
     }).catch(async (e: unknown) => {
       await Promise.all(scps.map((x) => x.close({ graceMs: 0 })));
@@ -415,6 +443,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       await Promise.all([...routing.forwards.values()].map((f) =>
         f.queue instanceof ForwardQueue ? f.queue.stop(left()) : withinMs(f.queue.stop(), left() + 1000)));
       await http?.close();
+      commitment.stop();
       linkage.close();
       logStageTimings();
       loopDelay.disable();

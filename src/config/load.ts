@@ -65,7 +65,7 @@ function readStructured(file: string, p: Problems): Raw | undefined {
   }
 }
 
-const ROUTER_KEYS = new Set(['salt', 'saltFile', 'listen', 'destinations', 'defaultDestination', 'stateDir', 'unknownStudy', 'stations', 'studies', 'logLevel', 'http', 'limits', 'shutdownGraceSeconds']);
+const ROUTER_KEYS = new Set(['salt', 'saltFile', 'listen', 'destinations', 'defaultDestination', 'stateDir', 'unknownStudy', 'stations', 'studies', 'logLevel', 'http', 'limits', 'shutdownGraceSeconds', 'commitment']);
 
 export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): RouterConfig {
   const p = new Problems();
@@ -161,11 +161,13 @@ export function loadConfig(path: string, env: NodeJS.ProcessEnv = process.env): 
   if (!stations.has('default')) {
     stations.set('default', { name: 'default', tagForStudy: 0x00181030, split: null, splitIndex: 0, aeTitles: [] });
   }
+  const commitment = parseCommitment(router.commitment, `${routerName}: commitment`, p);
   if (p.list.length) throw new ConfigError(p.list);
   return {
     sources, salt, saltFile: saltFile ? resolve(saltFile) : undefined, listen, listeners, http, limits, destinations,
     defaultDestination, stateDir, unknownStudy: unknownStudy as 'default' | 'quarantine', logLevel, stations, studies,
     shutdownGraceSeconds: typeof grace === 'number' ? grace : DEFAULT_SHUTDOWN_GRACE_SECONDS,
+    commitment,
   };
 }
 
@@ -213,7 +215,7 @@ function eachEntry(raw: unknown, where: string, what: string, p: Problems, fn: (
   }
 }
 
-const STATION_KEYS = ['TagForStudy', 'Split', 'SplitIndex', 'AETitles'];
+const STATION_KEYS = ['TagForStudy', 'Split', 'SplitIndex', 'AETitles', 'Commitment'];
 
 function parseStations(raw: unknown, where: string, p: Problems): Map<string, StationConfig> {
   const out = new Map<string, StationConfig>();
@@ -236,6 +238,7 @@ function parseStations(raw: unknown, where: string, p: Problems): Map<string, St
         name, tagForStudy: tag, split: typeof split === 'string' ? split : null,
         splitIndex: typeof idx === 'number' ? idx : 0,
         aeTitles: Array.isArray(aes) ? aes.filter((a): a is string => typeof a === 'string').map((a) => a.trim()) : [],
+        ...parseStationCommitment(v.Commitment, `${w}.Commitment`, p),
       });
     }
   });
@@ -648,6 +651,38 @@ function parseDicomweb(name: string, d: Raw, w: string, p: Problems): Destinatio
   if (typeof mc !== 'number' || !Number.isInteger(mc) || mc < 1 || mc > 64) p.add(`${w}.maxConnections`, 'must be an integer from 1 to 64');
   if (!url) return undefined;
   return { type: 'dicomweb', name, url: url.toString(), auth, tls, maxConnections: typeof mc === 'number' ? mc : 2 };
+}
+
+/** `commitment: { timeLimitSeconds }`: how long a storage commitment answer may wait for spooled images. */
+function parseCommitment(v: unknown, where: string, p: Problems): { timeLimitSeconds: number } {
+  const d = { timeLimitSeconds: 3600 };
+  if (v === undefined || v === null) return d;
+  if (!isObj(v)) {
+    p.add(where, 'must be a mapping { timeLimitSeconds }');
+    return d;
+  }
+  checkKeys(v, ['timeLimitSeconds'], where, p);
+  const t = v.timeLimitSeconds ?? d.timeLimitSeconds;
+  if (typeof t !== 'number' || !Number.isFinite(t) || t < 1 || t > 7 * 86400) {
+    p.add(`${where}.timeLimitSeconds`, 'must be a number of seconds from 1 to 604800');
+    return d;
+  }
+  return { timeLimitSeconds: t };
+}
+
+/** A station's `Commitment: { aeTitle, host, port }`: where its storage commitment reports go. */
+function parseStationCommitment(v: unknown, where: string, p: Problems): { commitment?: { aeTitle: string; host: string; port: number } } {
+  if (v === undefined || v === null) return {};
+  if (!isObj(v)) {
+    p.add(where, 'must be { aeTitle, host, port }');
+    return {};
+  }
+  checkKeys(v, ['aeTitle', 'host', 'port'], where, p);
+  let ok = true;
+  if (typeof v.aeTitle !== 'string' || !v.aeTitle.trim() || v.aeTitle.trim().length > 16) { p.add(`${where}.aeTitle`, 'must be 1 to 16 characters'); ok = false; }
+  if (typeof v.host !== 'string' || !v.host) { p.add(`${where}.host`, 'must be a host name or address'); ok = false; }
+  if (typeof v.port !== 'number' || !Number.isInteger(v.port) || v.port < 1 || v.port > 65535) { p.add(`${where}.port`, 'must be a port number'); ok = false; }
+  return ok ? { commitment: { aeTitle: (v.aeTitle as string).trim(), host: v.host as string, port: v.port as number } } : {};
 }
 
 export { DEFAULT_STUDY };

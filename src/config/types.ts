@@ -34,6 +34,8 @@ export interface StationConfig {
   split: string | null;
   splitIndex: number;
   aeTitles: string[];
+  /** Where this station's storage commitment reports go (N-EVENT-REPORT on a new association). */
+  commitment?: { aeTitle: string; host: string; port: number };
 }
 
 export interface StudyConfig {
@@ -134,6 +136,8 @@ export interface RouterConfig {
   /** serve, on SIGTERM/SIGINT: how long images in flight (received or being forwarded) get before
    * associations are aborted; unsent images stay in the spool (default 10). */
   shutdownGraceSeconds?: number;
+  /** Storage commitment: answers wait at most this long for spooled images. */
+  commitment?: { timeLimitSeconds: number };
   stations: Map<string, StationConfig>;
   studies: Map<string, StudyConfig>;
 }

@@ -12,6 +12,8 @@ export const COMMAND = {
   CStoreRq: 0x0001,
   CEchoRq: 0x0030,
   CCancelRq: 0x0fff,
+  /** Storage commitment request (PS3.4 J.3.2); let through only when the SCP provides it. */
+  NActionRq: 0x0130,
 } as const;
 /** Bit 15 of the Command Field marks a response. */
 const RESPONSE_BIT = 0x8000;
@@ -61,6 +63,9 @@ interface Pdv {
 }
 
 export class DimseGuard {
+  /** N-ACTION-RQ reaches the SCP (storage commitment is provided). */
+  allowNAction = false;
+
   private commandParts: Buffer[] = [];
   private commandBytes = 0;
   private commandPartsPassed = false;
@@ -138,7 +143,7 @@ export class DimseGuard {
       actions.push({ kind: 'abort', why: 'C-ECHO-RQ announcing a dataset' });
       return 'abort';
     }
-    if (command.field === COMMAND.CEchoRq || command.field === COMMAND.CStoreRq) {
+    if (command.field === COMMAND.CEchoRq || command.field === COMMAND.CStoreRq || (command.field === COMMAND.NActionRq && this.allowNAction)) {
       if (command.hasDataset) this.current = { pcId: pdv.pcId, command, mode: 'library', bytes: 0 };
       return 'pass';
     }

@@ -15,6 +15,8 @@ export interface PDataHandler {
   command(pcId: number, cmd: CommandInfo): void;
   /** A command with a dataset that is not a C-STORE: its dataset is read and dropped, then it is answered. */
   unsupported(pcId: number, cmd: CommandInfo): void;
+  /** A complete N-ACTION-RQ with its dataset (storage commitment). */
+  action?(pcId: number, cmd: CommandInfo, dataset: Buffer): void;
   /** The peer broke the protocol: abort the association. */
   protocolError(reason: string): void;
 }
@@ -35,7 +37,7 @@ export class PDataReceiver {
   private commandFragments: Buffer[] = [];
   private commandPc = -1;
   /** The message whose dataset is arriving. */
-  private current: { pcId: number; cmd: CommandInfo; sink: DatasetSink; store: boolean } | undefined;
+  private current: { pcId: number; cmd: CommandInfo; sink: DatasetSink; store: boolean; parts?: Buffer[] } | undefined;
   /** Dataset bytes received, over all messages. */
   bytes = 0;
 
@@ -77,10 +79,12 @@ export class PDataReceiver {
         if (!cur) return this.h.protocolError('dataset fragment without a command');
         if (pcId !== cur.pcId) return this.h.protocolError('dataset fragment on another presentation context than its command');
         this.bytes += fragment.length;
-        cur.sink.write(fragment);
+        if (cur.parts) cur.parts.push(Buffer.from(fragment));
+        else cur.sink.write(fragment);
         if (last) {
           this.current = undefined;
           if (cur.store) this.h.endStore(cur.pcId, cur.cmd, cur.sink);
+          else if (cur.parts && this.h.action) this.h.action(cur.pcId, cur.cmd, Buffer.concat(cur.parts));
           else this.h.unsupported(cur.pcId, cur.cmd);
         }
       }
@@ -103,6 +107,8 @@ export class PDataReceiver {
   private onCommand(pcId: number, cmd: CommandInfo): void {
     if (cmd.field === COMMAND.CStoreRq && cmd.hasDataset) {
       this.current = { pcId, cmd, sink: this.h.beginStore(pcId, cmd), store: true };
+    } else if (cmd.field === COMMAND.NActionRq && cmd.hasDataset && this.h.action) {
+      this.current = { pcId, cmd, sink: new DiscardSink(), store: false, parts: [] };
     } else if (cmd.hasDataset) {
       this.current = { pcId, cmd, sink: new DiscardSink(), store: false };
     } else {

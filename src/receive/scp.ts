@@ -14,6 +14,7 @@
 //   timeouts that never fire while a C-STORE is being processed.
 import * as net from 'net';
 import { createListeningServer } from './tls';
+import { STORAGE_COMMITMENT_SOP_CLASS, STORAGE_COMMITMENT_SOP_INSTANCE } from './syntaxes';
 import { Scp, Implementation, constants, association as dimseAssociation } from 'dcmjs-dimse';
 import type { Logger } from 'pino';
 import { encodeCommandPData, encodeCStoreRspCommand, encodeResponseCommand } from './dimse';
@@ -481,7 +482,7 @@ class StorageScp extends Scp {
     for (const { id } of association.getPresentationContexts()) {
       const ctx = association.getPresentationContext(id);
       const abstract = (ctx.getAbstractSyntaxUid() ?? '').trim();
-      if (!isAcceptedAbstractSyntax(abstract)) {
+      if (!isAcceptedAbstractSyntax(abstract) && !(abstract === STORAGE_COMMITMENT_SOP_CLASS && conn.server.opts.onCommitmentRequest)) {
         ctx.setResult(PresentationContextResult.RejectAbstractSyntaxNotSupported);
         continue;
       }
@@ -526,6 +527,7 @@ class StorageScp extends Scp {
     const { maxDatasetBytes, maxBufferedBytes } = conn.server.limits;
     const datasetLimit = (): number => (conn.pdata.receiving?.holdsWholeDataset ? Math.min(maxDatasetBytes, maxBufferedBytes) : maxDatasetBytes);
     conn.dimseGuard = new DimseGuard(datasetLimit, (pcId) => proposed.has(pcId));
+    conn.dimseGuard.allowNAction = conn.server.opts.onCommitmentRequest !== undefined;
     conn.server.stats.associationsAccepted++;
     conn.lastActivity = Date.now();
   }
@@ -626,6 +628,19 @@ class StorageScp extends Scp {
       },
       unsupported: (pcId, cmd) => {
         this.sendCommand(pcId, encodeResponseCommand({ commandField: cmd.field | 0x8000, messageIdBeingRespondedTo: cmd.messageId, status: STATUS_UNRECOGNIZED_OPERATION, sopClassUid: cmd.sopClassUid }));
+      },
+      action: (pcId, cmd, dataset) => {
+        const handler = server.opts.onCommitmentRequest;
+        const answer = (status: number) => this.sendCommand(pcId, encodeResponseCommand({ commandField: 0x8130, messageIdBeingRespondedTo: cmd.messageId, status, sopClassUid: STORAGE_COMMITMENT_SOP_CLASS, sopInstanceUid: STORAGE_COMMITMENT_SOP_INSTANCE }));
+        const ctx = conn.contexts.get(pcId);
+        if (!handler || ctx?.abstractSyntaxUid !== STORAGE_COMMITMENT_SOP_CLASS) return answer(STATUS_UNRECOGNIZED_OPERATION);
+        handler({ callingAeTitle: conn.callingAe, associationId: conn.id, actionTypeId: 1, transferSyntaxUid: ctx.transferSyntaxUid ?? '', dataset }).then(
+          answer,
+          (err: unknown) => {
+            server.log.warn({ associationId: conn.id, err: errorMessage(err) }, 'storage commitment request failed');
+            answer(STATUS_PROCESSING_FAILURE);
+          },
+        );
       },
       protocolError: (reason) => conn.refuse('malformed-pdu', reason, abortPdu(AbortSource.ServiceProvider, AbortReason.InvalidPduParameter)),
     };

@@ -61,3 +61,7 @@ export function isStorageSopClass(uid: string): boolean {
 export function isAcceptedAbstractSyntax(uid: string): boolean {
   return uid === VERIFICATION_SOP_CLASS || isStorageSopClass(uid);
 }
+
+/** Storage Commitment Push Model SOP Class and its well-known instance (PS3.4 J.3). */
+export const STORAGE_COMMITMENT_SOP_CLASS = '1.2.840.10008.1.20.1';
+export const STORAGE_COMMITMENT_SOP_INSTANCE = '1.2.840.10008.1.20.1.1';

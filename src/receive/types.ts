@@ -92,6 +92,9 @@ export interface ScpOptions {
   onAssociationEnded?: (a: AssociationSummary) => void;
   /** Something refused or ended by us because of a limit or a bad peer (also counted in RunningScp.stats()). */
   onRefused?: (r: RefusalEvent) => void;
+  /** Storage Commitment Push Model SCP: each N-ACTION-RQ's dataset; resolves to the N-ACTION-RSP status.
+   * Absent: the SOP class is not accepted. */
+  onCommitmentRequest?: (req: CommitmentRequest) => Promise<number>;
 }
 
 export interface RunningScp {
@@ -104,4 +107,14 @@ export interface RunningScp {
   close(opts?: { graceMs?: number }): Promise<void>;
   /** Counters since start: associations, stores, and what was refused or ended by us and why. */
   stats(): ScpStats;
+}
+
+/** An N-ACTION-RQ of the Storage Commitment Push Model SOP Class (PS3.4 J.3.2). */
+export interface CommitmentRequest {
+  callingAeTitle: string;
+  associationId: number;
+  actionTypeId: number;
+  transferSyntaxUid: string;
+  /** The action information (TransactionUID, ReferencedSOPSequence) as received. */
+  dataset: Buffer;
 }

@@ -1,0 +1,193 @@
+// Storage Commitment Push Model SCP (PS3.4 Annex J): the N-ACTION-RQ names original SOP instances; each
+// is reported committed once it is durable in every destination of its study (see commitment-index.ts),
+// failed when it never arrived or became a dead letter. A request with instances still in a spool waits
+// until they settle, up to timeLimitMs; then what is still pending is reported failed.
+//
+// Pending requests are kept on disk, encrypted (AES-256-GCM, key derived from the salt), so that they are
+// answered after a restart without the original UIDs lying on disk in clear. The N-EVENT-REPORT goes on a
+// new association to the station's Commitment address (the requesting association is normally gone).
+import { createCipheriv, createDecipheriv, randomBytes } from 'crypto';
+import { mkdirSync, readdirSync, readFileSync, unlinkSync } from 'fs';
+import { join } from 'path';
+import type { Logger } from 'pino';
+import { deriveKey } from '../deid/plan';
+import { readDataset } from '../dicom/read';
+import { elementString, findElement, type Element } from '../dicom/dataset';
+import { writeFileAtomicSync } from '../deliver/folder';
+import { CommitmentIndex, FAILURE } from '../deliver/commitment-index';
+import { STORAGE_COMMITMENT_SOP_CLASS, STORAGE_COMMITMENT_SOP_INSTANCE } from './syntaxes';
+import type { CommitmentRequest } from './types';
+import { errorMessage } from '../observe/errors';
+
+export interface ReportAddress { aeTitle: string; host: string; port: number }
+
+export interface CommitmentServiceOptions {
+  index: CommitmentIndex;
+  stateDir: string;
+  salt: string;
+  logger: Logger;
+  /** Our AE title (calling AE of the report association). */
+  aeTitle: string;
+  /** Where a station's reports go, by the calling AE title of its request. */
+  reportAddress(callingAe: string): ReportAddress | undefined;
+  /** Instances still spooled after this are reported failed (default 1 h). */
+  timeLimitMs?: number;
+  /** How often pending requests are looked at (default 1 s). */
+  pollMs?: number;
+}
+
+interface PendingRequest {
+  transactionUid: string;
+  callingAe: string;
+  /** [SOP class, original SOP instance] */
+  items: Array<[string, string]>;
+  deadline: number;
+  /** Report could not be sent before: next attempt not before. */
+  retryAt?: number;
+}
+
+const STATUS_SUCCESS = 0x0000;
+const STATUS_INVALID_ARGUMENT = 0x0115;
+const STATUS_NO_SUCH_ACTION = 0x0123;
+
+function seqItems(el: Element | undefined): Element[][] {
+  return (el?.items ?? []).map((i) => i.elements);
+}
+
+export class CommitmentService {
+  private readonly dir: string;
+  private readonly key: Buffer;
+  private readonly log: Logger;
+  private readonly pending = new Map<string, PendingRequest>();
+  private timer: NodeJS.Timeout | undefined;
+  private busy = false;
+
+  constructor(private readonly opts: CommitmentServiceOptions) {
+    this.dir = join(opts.stateDir, 'commitment', 'requests');
+    this.key = deriveKey(opts.salt, 'commitment-request');
+    this.log = opts.logger.child({ service: 'storage-commitment' });
+  }
+
+  /** Loads the requests an earlier run left unanswered, and starts looking at them. */
+  start(): void {
+    mkdirSync(this.dir, { recursive: true });
+    for (const f of readdirSync(this.dir)) {
+      if (!f.endsWith('.req')) continue;
+      try {
+        this.pending.set(f, this.decrypt(readFileSync(join(this.dir, f))));
+      } catch (e) {
+        this.log.error({ file: f, err: errorMessage(e) }, 'unreadable pending commitment request (another salt?); left in place');
+      }
+    }
+    if (this.pending.size) this.log.info({ requests: this.pending.size }, 'resuming pending storage commitment requests');
+    this.timer = setInterval(() => void this.poll(), this.opts.pollMs ?? 1000);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** The N-ACTION-RQ handler: validates and keeps the request; the answer (N-ACTION-RSP status) is immediate. */
+  async handle(req: CommitmentRequest): Promise<number> {
+    if (req.actionTypeId !== 1) return STATUS_NO_SUCH_ACTION;
+    let parsed: PendingRequest;
+    try {
+      const ds = readDataset(req.dataset, req.transferSyntaxUid).dataset;
+      const transactionUid = elementString(findElement(ds, 0x00081195))?.trim();
+      const items = seqItems(findElement(ds, 0x00081199)).map((e): [string, string] => [
+        elementString(findElement(e, 0x00081150))?.trim() ?? '',
+        elementString(findElement(e, 0x00081155))?.trim() ?? '',
+      ]);
+      if (!transactionUid || !items.length || items.some(([c, i]) => !c || !i)) return STATUS_INVALID_ARGUMENT;
+      parsed = { transactionUid, callingAe: req.callingAeTitle, items, deadline: Date.now() + (this.opts.timeLimitMs ?? 3_600_000) };
+    } catch {
+      return STATUS_INVALID_ARGUMENT;
+    }
+    const name = `${Date.now()}-${randomBytes(6).toString('hex')}.req`;
+    mkdirSync(this.dir, { recursive: true });
+    writeFileAtomicSync(join(this.dir, name), [this.encrypt(parsed)]);
+    this.pending.set(name, parsed);
+    this.log.info({ associationId: req.associationId, callingAe: req.callingAeTitle, instances: parsed.items.length }, 'storage commitment requested');
+    setImmediate(() => void this.poll());
+    return STATUS_SUCCESS;
+  }
+
+  private async poll(): Promise<void> {
+    if (this.busy) return;
+    this.busy = true;
+    try {
+      const now = Date.now();
+      for (const [name, r] of [...this.pending]) {
+        if (r.retryAt && r.retryAt > now) continue;
+        const states = r.items.map(([, uid]) => this.opts.index.stateOf(uid));
+        const waiting = states.some((s) => s.state === 'pending');
+        if (waiting && now < r.deadline) continue;
+        const ok: Array<[string, string]> = [];
+        const failed: Array<[string, string, number]> = [];
+        r.items.forEach(([cls, uid], i) => {
+          const s = states[i];
+          if (s.state === 'committed') ok.push([cls, uid]);
+          else failed.push([cls, uid, s.state === 'failed' ? s.reason : FAILURE.ProcessingFailure]);
+        });
+        try {
+          await this.report(r, ok, failed);
+          this.pending.delete(name);
+          try {
+            unlinkSync(join(this.dir, name));
+          } catch {
+            /* gone */
+          }
+          this.log.info({ callingAe: r.callingAe, committed: ok.length, failed: failed.length, timedOut: waiting }, 'storage commitment reported');
+        } catch (e) {
+          r.retryAt = Date.now() + 5000;
+          this.log.warn({ callingAe: r.callingAe, err: errorMessage(e) }, 'storage commitment report not delivered; will retry');
+        }
+      }
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /** N-EVENT-REPORT-RQ on a new association to the station's Commitment address (we are SCP of the SOP class). */
+  private report(r: PendingRequest, ok: Array<[string, string]>, failed: Array<[string, string, number]>): Promise<void> {
+    const to = this.opts.reportAddress(r.callingAe);
+    if (!to) return Promise.reject(new Error(`no Commitment address configured for the station of ${r.callingAe}`));
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const dimse = require('dcmjs-dimse') as typeof import('dcmjs-dimse');
+    const { Client, Dataset, requests } = dimse;
+    const body: Record<string, unknown> = { TransactionUID: r.transactionUid };
+    if (ok.length) body.ReferencedSOPSequence = ok.map(([c, i]) => ({ ReferencedSOPClassUID: c, ReferencedSOPInstanceUID: i }));
+    if (failed.length) body.FailedSOPSequence = failed.map(([c, i, f]) => ({ ReferencedSOPClassUID: c, ReferencedSOPInstanceUID: i, FailureReason: f }));
+    const request = new requests.NEventReportRequest(STORAGE_COMMITMENT_SOP_CLASS, STORAGE_COMMITMENT_SOP_INSTANCE, failed.length ? 2 : 1);
+    request.setDataset(new Dataset(body, '1.2.840.10008.1.2'));
+    return new Promise<void>((resolve, reject) => {
+      const client = new Client();
+      let status: number | undefined;
+      let err: Error | undefined;
+      request.on('response', (rsp: { getStatus(): number }) => (status = rsp.getStatus()));
+      client.on('associationRejected', () => (err = new Error('association rejected')));
+      client.on('networkError', (e: Error) => (err = new Error(`network error: ${e.message}`)));
+      client.on('closed', () => {
+        if (status === STATUS_SUCCESS) resolve();
+        else reject(err ?? new Error(status === undefined ? 'no N-EVENT-REPORT-RSP' : `N-EVENT-REPORT-RSP status 0x${status.toString(16)}`));
+      });
+      client.addRequest(request);
+      client.send(to.host, to.port, this.opts.aeTitle, to.aeTitle, { connectTimeout: 10_000, associationTimeout: 30_000, pduTimeout: 30_000 });
+    });
+  }
+
+  private encrypt(r: PendingRequest): Buffer {
+    const iv = randomBytes(12);
+    const c = createCipheriv('aes-256-gcm', this.key, iv);
+    const body = Buffer.concat([c.update(JSON.stringify(r), 'utf8'), c.final()]);
+    return Buffer.concat([iv, c.getAuthTag(), body]);
+  }
+
+  private decrypt(b: Buffer): PendingRequest {
+    const d = createDecipheriv('aes-256-gcm', this.key, b.subarray(0, 12));
+    d.setAuthTag(b.subarray(12, 28));
+    return JSON.parse(Buffer.concat([d.update(b.subarray(28)), d.final()]).toString('utf8')) as PendingRequest;
+  }
+}
