@@ -56,10 +56,13 @@ export interface RunningNode {
   stop(): Promise<void>;
 }
 
-/** A temp file in an outgoing folder untouched this long is a killed run's leftover; younger ones may
- * be another replica's image being streamed into a shared folder (a live one is written to at
- * least every association idle timeout, or its association is aborted). */
-const LEFTOVER_TEMP_AGE_MS = 60 * 60_000;
+/** A temp file in an outgoing folder untouched this long is a killed run's leftover. A live one (an
+ * image being streamed, perhaps by another replica sharing the folder) is written to at least
+ * once per association idle timeout, or its association is aborted and its temp file removed:
+ * twice that timeout tells the two apart. */
+const leftoverTempAgeMs = (l: LimitsConfig): number => Math.max(60_000, 2 * l.idleSeconds * 1000);
+/** Leftovers younger than that at start are removed by a sweep this often while serving. */
+const LEFTOVER_SWEEP_MS = 60 * 60_000;
 
 const sameDestination = (a: ForwardTarget['dest'], b: ForwardTarget['dest']): boolean => JSON.stringify(a) === JSON.stringify(b);
 
@@ -344,16 +347,22 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     : undefined;
 
   // Walks each outgoing folder: long on a large one, so after the HTTP face is up (/healthz
-  // answers, /readyz says not listening yet).
-  for (const d of c.destinations.values()) {
-    if (d.type !== 'folder') continue;
-    // An unreadable folder is not fatal here: each image says what is wrong with it.
-    const removed = await removeTempFiles(d.path, true, { olderThanMs: LEFTOVER_TEMP_AGE_MS }).catch((e: unknown) => {
-      logger.warn({ destination: d.name, err: errorCode(e) }, 'cannot look for temp files in the outgoing folder');
-      return 0;
-    });
-    if (removed) logger.info({ destination: d.name, removed }, 'removed temp files an earlier run left in the outgoing folder');
-  }
+  // answers, /readyz says not listening yet). Then again every hour, for leftovers that were too
+  // young to tell from a live image at start.
+  const sweepTempFiles = async (): Promise<void> => {
+    for (const d of c.destinations.values()) {
+      if (d.type !== 'folder') continue;
+      // An unreadable folder is not fatal here: each image says what is wrong with it.
+      const removed = await removeTempFiles(d.path, true, { olderThanMs: leftoverTempAgeMs(c.limits) }).catch((e: unknown) => {
+        logger.warn({ destination: d.name, err: errorCode(e) }, 'cannot look for temp files in the outgoing folder');
+        return 0;
+      });
+      if (removed) logger.info({ destination: d.name, removed }, 'removed temp files an earlier run left in the outgoing folder');
+    }
+  };
+  await sweepTempFiles();
+  const tempSweep = setInterval(() => void sweepTempFiles(), LEFTOVER_SWEEP_MS);
+  tempSweep.unref();
 
   // One SCP per listening endpoint, all with the same AE policy, pipeline and destinations.
   const scps: RunningScp[] = [];
@@ -433,6 +442,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     },
     async stop() {
       listening = false;
+      clearInterval(tempSweep);
       // One grace period for everything in flight: images being received, then images being
       // forwarded. Past it associations are aborted; what was not sent stays in the spool.
       const deadline = Date.now() + (c.shutdownGraceSeconds ?? DEFAULT_SHUTDOWN_GRACE_SECONDS) * 1000;
