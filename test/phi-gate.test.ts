@@ -144,6 +144,15 @@ describe('PHI gate: what passes', { skip }, () => {
     assert.equal(p.counts.phiGateQuarantined, 0);
   });
 
+  test('a kept PatientID is no alarm where another identifier repeats its value (OtherPatientIDs)', () => {
+    const p = pipelineWith({ AnonymizeTag: { PatientID: 'keep' } });
+    assert.doesNotThrow(() => p.process({ kind: 'file', bytes: planted(BRAIN, [el('OtherPatientIDs', 'LO', 'ZZPID000001\\ZZOTHER77')]) }));
+    // The other value is still looked for.
+    const leaky = pipelineWith({ AnonymizeTag: { PatientID: 'keep', SeriesDescription: 'keep' } });
+    assert.equal(rejection(leaky, planted(BRAIN, [el('OtherPatientIDs', 'LO', 'ZZPID000001\\ZZOTHER77'), el('SeriesDescription', 'LO', 'was ZZOTHER77')])).message,
+      'PHI gate: SeriesDescription holds the OtherPatientIDs');
+  });
+
   test('a value the study sets is not an alarm, even when it equals the original', () => {
     const p = pipelineWith({ AnonymizeTag: { PatientID: { action: 'value', value: 'ZZPID000001' } } });
     assert.doesNotThrow(() => p.process({ kind: 'file', bytes: readFileSync(BRAIN) }));

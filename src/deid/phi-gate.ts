@@ -151,14 +151,21 @@ const TRAILING_PAD = /[\0 ]+$/;
 /** Identifiers of the patient and the visit (everything but the UIDs), decoded from the input. */
 function patientNeedles(top: readonly Element[], kept: Set<IdentifierKind>, decode: TextDecoderFn): Needle[] {
   const out: Needle[] = [];
+  // What the kept kinds would look for: a value the study keeps on purpose is no alarm, also where
+  // another identifier has the same value (OtherPatientIDs repeating a kept PatientID).
+  const keptTexts = new Set<string>();
   const add = (text: string, kind: IdentifierKind, mode: number, name = false, date = false) => {
     const t = text.toUpperCase();
     if (t.length < (name ? MIN_NAME : MIN_ID) || PLACEHOLDERS.has(t)) return;
+    if (kept.has(kind)) {
+      keptTexts.add(t);
+      return;
+    }
     for (const n of out) if (n.text === t && n.kind === kind) return; // a handful of needles: a scan beats a set
     out.push({ text: t, kind, mode, name, date });
   };
   for (const [kind, tag] of SOURCES) {
-    if (kept.has(kind) || UID_KINDS.has(kind)) continue;
+    if (UID_KINDS.has(kind)) continue;
     const el = findElement(top, tag);
     if (!el) continue;
     switch (kind) {
@@ -188,7 +195,7 @@ function patientNeedles(top: readonly Element[], kept: Set<IdentifierKind>, deco
         for (const v of values(el, decode)) add(v, kind, TOKEN);
     }
   }
-  return out;
+  return keptTexts.size ? out.filter((n) => !keptTexts.has(n.text)) : out;
 }
 
 const UID_KINDS: ReadonlySet<IdentifierKind> = new Set(['StudyInstanceUID', 'SeriesInstanceUID', 'SOPInstanceUID', 'FrameOfReferenceUID']);
@@ -231,13 +238,16 @@ function collectNeedles(input: DicomObject, plan: StudyPlan): Needles {
   }
   const text = cached.needles.slice();
   const uids = new Map<string, IdentifierKind>();
+  let keptUids: string[] | undefined;
   for (const [kind, tag] of SOURCES) {
-    if (!UID_KINDS.has(kind) || kept.has(kind)) continue;
+    if (!UID_KINDS.has(kind)) continue;
     const u = elementString(findElement(top, tag));
     if (!u || u.startsWith('1.2.840.10008.')) continue; // the standard's own UIDs identify no one
-    uids.set(u, kind);
-    text.push({ text: u, kind, mode: UID, name: false, date: false });
+    if (kept.has(kind)) (keptUids ??= []).push(u);
+    else uids.set(u, kind);
   }
+  for (const u of keptUids ?? []) uids.delete(u);
+  for (const [u, kind] of uids) text.push({ text: u, kind, mode: UID, name: false, date: false });
   let minLength = Infinity;
   for (const n of text) minLength = Math.min(minLength, n.text.length);
   let minUid = Infinity;
