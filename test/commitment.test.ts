@@ -22,7 +22,7 @@ const skip = !corpusAvailable() || !hasTool('Orthanc') || !hasTool('storescp');
 interface Report { Status: string; Success?: Array<{ SOPClassUID: string; SOPInstanceUID: string }>; Failures?: Array<{ SOPClassUID: string; SOPInstanceUID: string; FailureReason: number }> }
 
 describe('storage commitment with Orthanc as the modality', { skip }, () => {
-  test('committed once durable everywhere (waits for a PACS that is down); a never-sent UID is reported failed', async () => {
+  test('committed once durable everywhere (waits for a PACS that is down, across a restart of the router); a never-sent UID is reported failed', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'deid-commit-'));
     const routerPort = await freePort();
     const pacsPort = await freePort();
@@ -39,7 +39,7 @@ describe('storage commitment with Orthanc as the modality', { skip }, () => {
       studies: { Supplement142: { Destinations: ['out', 'pacs'] } },
     }));
     const config = loadConfig(file, {});
-    const node = await startNode(config, SALT, silentLogger());
+    let node = await startNode(config, SALT, silentLogger());
     let pacs: Peer | undefined;
     try {
       // The modality's images: three CT instances, put into Orthanc by C-STORE.
@@ -68,6 +68,12 @@ describe('storage commitment with Orthanc as the modality', { skip }, () => {
       for (const v of variants) assert.ok(!onDisk.includes(v.sopInstanceUid), 'original UID on disk');
       const reqDir = join(config.stateDir, 'commitment', 'requests');
       for (const f of readdirSync(reqDir)) for (const v of variants) assert.ok(!readFileSync(join(reqDir, f)).includes(Buffer.from(v.sopInstanceUid)));
+
+      // The router restarts while the request is pending: the request is durable state, reloaded
+      // at start, and the report comes from the new process.
+      await node.stop();
+      node = await startNode(loadConfig(file, {}), SALT, silentLogger());
+      assert.equal(((await orthanc.get(`/storage-commitment/${txn}`)) as Report).Status, 'Pending');
 
       // The PACS comes up: the spool drains and the report says committed, every instance.
       const pacsDir = mkdtempSync(join(tmpdir(), 'deid-commit-pacs-'));
