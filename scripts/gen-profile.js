@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Generates src/deid/profile.generated.ts from DICOM PS3.15 (edition 2024e) Annex E, Table E.1-1
 // "Application Level Confidentiality Profile Attributes" (as extracted by the MIT-licensed
-// innolitics/dicom-standard project), kept at ../shared/reference/ps3.15-annex-e-table-e1-1.json
-// and copied into scripts/ps3.15-annex-e-table-e1-1.json so the build does not depend on shared/.
+// innolitics/dicom-standard project), which the repository carries as
+// scripts/ps3.15-annex-e-table-e1-1.json: regenerating needs nothing outside the repository.
 // Run: node scripts/gen-profile.js
 'use strict';
 const fs = require('fs');

@@ -18,6 +18,7 @@ import { Part10Error, Spool, statusHex, type OpenedItem, type SpoolEntry } from 
 import { errorMessage } from '../observe/errors';
 import type { ForwardEvent } from '../observe/events';
 import { displayUrl, stowUrl } from './dicomweb-url';
+import { Sleeper } from './sleeper';
 
 export interface DicomwebDestination {
   name: string;
@@ -123,7 +124,7 @@ export class StowQueue {
   private running = false;
   private stopping = false;
   private workers: Promise<void>[] = [];
-  private wakers = new Set<() => void>();
+  private readonly sleeper = new Sleeper();
   private scanRequested = true;
   private lastScanAt = 0;
   private scanning: Promise<void> | undefined;
@@ -204,23 +205,13 @@ export class StowQueue {
   // ---------------------------------------------------------------- scheduling
 
   private wakeAll(): void {
-    const w = [...this.wakers];
-    this.wakers.clear();
-    w.forEach((f) => f());
+    this.sleeper.wakeAll();
   }
 
   private sleep(ms: number): Promise<void> {
-    if (this.stopping) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(t);
-        this.wakers.delete(done);
-        resolve();
-      };
-      const t = setTimeout(done, Math.max(0, ms));
-      this.wakers.add(done);
-    });
+    return this.stopping ? Promise.resolve() : this.sleeper.sleep(ms);
   }
+
 
   private scan(): Promise<void> {
     if (!this.scanning) {

@@ -24,6 +24,7 @@ import {
 import { Part10Error, Spool, statusHex, type OpenedItem, type SpoolEntry } from './spool';
 import { errorMessage } from '../observe/errors';
 import type { ForwardEvent } from '../observe/events';
+import { Sleeper } from './sleeper';
 
 export type { SpoolItemInfo } from './spool';
 export { Spool } from './spool';
@@ -148,7 +149,7 @@ export class ForwardQueue {
   private running = false;
   private stopping = false;
   private workers: Promise<void>[] = [];
-  private wakers = new Set<() => void>();
+  private readonly sleeper = new Sleeper();
   private scanRequested = true;
   private lastScanAt = 0;
   private scanning: Promise<void> | undefined;
@@ -201,7 +202,7 @@ export class ForwardQueue {
       this.scanRequested = true;
     }
     if (!this.running) return;
-    if (entry && this.wakers.size) {
+    if (entry && this.sleeper.sleeping) {
       this.wakeAll();
       return;
     }
@@ -273,23 +274,13 @@ export class ForwardQueue {
   // ---------------------------------------------------------------- scheduling
 
   private wakeAll(): void {
-    const w = [...this.wakers];
-    this.wakers.clear();
-    w.forEach((f) => f());
+    this.sleeper.wakeAll();
   }
 
   private sleep(ms: number): Promise<void> {
-    if (this.stopping) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(t);
-        this.wakers.delete(done);
-        resolve();
-      };
-      const t = setTimeout(done, Math.max(0, ms));
-      this.wakers.add(done);
-    });
+    return this.stopping ? Promise.resolve() : this.sleeper.sleep(ms);
   }
+
 
   /** Add spool files we have not seen to the pending list (oldest first). */
   private scan(): Promise<void> {
