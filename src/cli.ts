@@ -79,6 +79,8 @@ function describeConfig(c: RouterConfig): string {
   const l = c.limits;
   lines.push(`limits: ${l.maxAssociations} associations (${l.maxAssociationsPerCaller} per calling AE); PDU ${l.maxPduBytes} bytes; dataset ${l.maxDatasetBytes} bytes (${l.maxBufferedBytes} held in memory whole), inflated ${l.maxInflatedBytes}; sequence depth ${l.maxSequenceDepth}; idle ${l.idleSeconds} s, association ${l.associationSeconds} s, A-ASSOCIATE-RQ within ${l.associationRequestSeconds} s`);
   lines.push(`state directory: ${c.stateDir}; unknown studies: ${c.unknownStudy === 'quarantine' ? 'quarantined' : 'Supplement142'}`);
+  const sc = c.commitment ?? { timeLimitSeconds: 3600, sameAssociation: true };
+  lines.push(`storage commitment: answers wait up to ${sc.timeLimitSeconds} s for spooled images; result ${sc.sameAssociation ? 'on the requesting association while it is open, else ' : ''}on a new association to the station's Commitment address`);
   lines.push('destinations:');
   for (const d of c.destinations.values()) {
     lines.push(`  ${d.name}${d.name === c.defaultDestination ? ' (default)' : ''}: ${describeDestination(d)}`);
@@ -86,7 +88,7 @@ function describeConfig(c: RouterConfig): string {
   lines.push('stations:');
   for (const s of c.stations.values()) {
     const kw = lookupTag(s.tagForStudy)?.keyword ?? formatTag(s.tagForStudy);
-    lines.push(`  ${s.name}: study from ${kw}${s.split !== null ? ` split on "${s.split}" index ${s.splitIndex}` : ''}${s.aeTitles.length ? `; calling AE ${s.aeTitles.join(', ')}` : ''}`);
+    lines.push(`  ${s.name}: study from ${kw}${s.split !== null ? ` split on "${s.split}" index ${s.splitIndex}` : ''}${s.aeTitles.length ? `; calling AE ${s.aeTitles.join(', ')}` : ''}${s.commitment ? `; commitment reports to ${s.commitment.aeTitle} at ${s.commitment.host}:${s.commitment.port}` : ''}`);
   }
   lines.push('studies:');
   for (const s of c.studies.values()) {

@@ -130,6 +130,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
   const commitment = new CommitmentService({
     index: commitmentIndex, stateDir: c.stateDir, salt, logger, aeTitle: c.listen.aeTitle,
     timeLimitMs: (c.commitment?.timeLimitSeconds ?? 3600) * 1000,
+    sameAssociation: c.commitment?.sameAssociation ?? true,
     reportAddress: (ae) => [...routing.config.stations.values()].find((s) => s.aeTitles.some((a) => a.toUpperCase() === ae.trim().toUpperCase()))?.commitment,
   });
   commitment.start();

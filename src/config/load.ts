@@ -653,21 +653,24 @@ function parseDicomweb(name: string, d: Raw, w: string, p: Problems): Destinatio
   return { type: 'dicomweb', name, url: url.toString(), auth, tls, maxConnections: typeof mc === 'number' ? mc : 2 };
 }
 
-/** `commitment: { timeLimitSeconds }`: how long a storage commitment answer may wait for spooled images. */
-function parseCommitment(v: unknown, where: string, p: Problems): { timeLimitSeconds: number } {
-  const d = { timeLimitSeconds: 3600 };
+/** `commitment: { timeLimitSeconds, sameAssociation }`: how long a storage commitment answer may wait for
+ * spooled images; whether it is first tried on the requesting association. */
+function parseCommitment(v: unknown, where: string, p: Problems): { timeLimitSeconds: number; sameAssociation: boolean } {
+  const d = { timeLimitSeconds: 3600, sameAssociation: true };
   if (v === undefined || v === null) return d;
   if (!isObj(v)) {
-    p.add(where, 'must be a mapping { timeLimitSeconds }');
+    p.add(where, 'must be a mapping { timeLimitSeconds, sameAssociation }');
     return d;
   }
-  checkKeys(v, ['timeLimitSeconds'], where, p);
+  checkKeys(v, ['timeLimitSeconds', 'sameAssociation'], where, p);
+  const out = { ...d };
   const t = v.timeLimitSeconds ?? d.timeLimitSeconds;
-  if (typeof t !== 'number' || !Number.isFinite(t) || t < 1 || t > 7 * 86400) {
-    p.add(`${where}.timeLimitSeconds`, 'must be a number of seconds from 1 to 604800');
-    return d;
-  }
-  return { timeLimitSeconds: t };
+  if (typeof t !== 'number' || !Number.isFinite(t) || t < 1 || t > 7 * 86400) p.add(`${where}.timeLimitSeconds`, 'must be a number of seconds from 1 to 604800');
+  else out.timeLimitSeconds = t;
+  const same = v.sameAssociation ?? d.sameAssociation;
+  if (typeof same !== 'boolean') p.add(`${where}.sameAssociation`, 'must be true or false');
+  else out.sameAssociation = same;
+  return out;
 }
 
 /** A station's `Commitment: { aeTitle, host, port }`: where its storage commitment reports go. */

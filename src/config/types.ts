@@ -136,8 +136,9 @@ export interface RouterConfig {
   /** serve, on SIGTERM/SIGINT: how long images in flight (received or being forwarded) get before
    * associations are aborted; unsent images stay in the spool (default 10). */
   shutdownGraceSeconds?: number;
-  /** Storage commitment: answers wait at most this long for spooled images. */
-  commitment?: { timeLimitSeconds: number };
+  /** Storage commitment: answers wait at most this long for spooled images; the result is first tried on the
+   * requesting association (sameAssociation) before a new association to the station's Commitment address. */
+  commitment?: { timeLimitSeconds: number; sameAssociation: boolean };
   stations: Map<string, StationConfig>;
   studies: Map<string, StudyConfig>;
 }

@@ -4,19 +4,23 @@
 // until they settle, up to timeLimitMs; then what is still pending is reported failed.
 //
 // Pending requests are kept on disk, encrypted (AES-256-GCM, key derived from the salt), so that they are
-// answered after a restart without the original UIDs lying on disk in clear. The N-EVENT-REPORT goes on a
-// new association to the station's Commitment address (the requesting association is normally gone).
+// answered after a restart without the original UIDs lying on disk in clear. The N-EVENT-REPORT goes back on
+// the requesting association while it is open (PS3.4 J.3.3.1.2 allows it; the SCU may release at any time);
+// when that association is gone, or the report is not acknowledged there, it goes on a new association to
+// the station's Commitment address. A request leaves the disk only once a report was acknowledged.
 import { createCipheriv, createDecipheriv, randomBytes } from 'crypto';
 import { mkdirSync, readdirSync, readFileSync, unlinkSync } from 'fs';
 import { join } from 'path';
 import type { Logger } from 'pino';
 import { deriveKey } from '../deid/plan';
 import { readDataset } from '../dicom/read';
-import { elementString, findElement, type Element } from '../dicom/dataset';
+import { elementString, findElement, makeElement, type Element } from '../dicom/dataset';
+import { elementChunks } from '../dicom/write';
+import { transferSyntaxInfo } from '../dicom/uids';
 import { writeFileAtomicSync } from '../deliver/folder';
 import { CommitmentIndex, FAILURE } from '../deliver/commitment-index';
 import { STORAGE_COMMITMENT_SOP_CLASS, STORAGE_COMMITMENT_SOP_INSTANCE } from './syntaxes';
-import type { CommitmentRequest } from './types';
+import type { CommitmentReplyChannel, CommitmentRequest } from './types';
 import { errorMessage } from '../observe/errors';
 
 export interface ReportAddress { aeTitle: string; host: string; port: number }
@@ -34,6 +38,10 @@ export interface CommitmentServiceOptions {
   timeLimitMs?: number;
   /** How often pending requests are looked at (default 1 s). */
   pollMs?: number;
+  /** Try the requesting association first, while it is open (default true). */
+  sameAssociation?: boolean;
+  /** How long an N-EVENT-REPORT-RSP is awaited on the requesting association (default 30 s). */
+  sameAssociationTimeoutMs?: number;
 }
 
 interface PendingRequest {
@@ -49,6 +57,35 @@ interface PendingRequest {
 const STATUS_SUCCESS = 0x0000;
 const STATUS_INVALID_ARGUMENT = 0x0115;
 const STATUS_NO_SUCH_ACTION = 0x0123;
+/** Event Type IDs (PS3.4 J.3.3): every instance committed / some failed. */
+const EVENT_SUCCESS = 1;
+const EVENT_FAILURES_EXIST = 2;
+
+type Committed = Array<[string, string]>;
+type Failed = Array<[string, string, number]>;
+
+function uiElement(tag: number, uid: string): Element {
+  return makeElement(tag, 'UI', Buffer.from(uid.length % 2 ? `${uid}\0` : uid, 'latin1'));
+}
+
+function usElement(tag: number, v: number, littleEndian: boolean): Element {
+  const b = Buffer.alloc(2);
+  if (littleEndian) b.writeUInt16LE(v);
+  else b.writeUInt16BE(v);
+  return makeElement(tag, 'US', b);
+}
+
+/** The Event Information of a Storage Commitment Result (PS3.4 J.3.3, Table J.3-2) in a transfer syntax. */
+export function eventInformation(transactionUid: string, ok: Committed, failed: Failed, transferSyntaxUid: string): Buffer {
+  const { syntax } = transferSyntaxInfo(transferSyntaxUid);
+  const sequence = (tag: number, items: Element[][]): Element => makeElement(tag, 'SQ', null, false, items.map((elements) => ({ elements, undefinedLength: false })));
+  const elements: Element[] = [uiElement(0x00081195, transactionUid)];
+  if (failed.length) {
+    elements.push(sequence(0x00081198, failed.map(([c, i, f]) => [uiElement(0x00081150, c), uiElement(0x00081155, i), usElement(0x00081197, f, syntax.littleEndian)])));
+  }
+  if (ok.length) elements.push(sequence(0x00081199, ok.map(([c, i]) => [uiElement(0x00081150, c), uiElement(0x00081155, i)])));
+  return Buffer.concat(elementChunks(elements, syntax));
+}
 
 function seqItems(el: Element | undefined): Element[][] {
   return (el?.items ?? []).map((i) => i.elements);
@@ -59,6 +96,8 @@ export class CommitmentService {
   private readonly key: Buffer;
   private readonly log: Logger;
   private readonly pending = new Map<string, PendingRequest>();
+  /** The associations requests came on (in memory only: a request resumed after a restart has none). */
+  private readonly channels = new Map<string, { channel: CommitmentReplyChannel; transferSyntaxUid: string }>();
   private timer: NodeJS.Timeout | undefined;
   private busy = false;
 
@@ -109,6 +148,7 @@ export class CommitmentService {
     mkdirSync(this.dir, { recursive: true });
     writeFileAtomicSync(join(this.dir, name), [this.encrypt(parsed)]);
     this.pending.set(name, parsed);
+    if (req.sameAssociation && this.opts.sameAssociation !== false) this.channels.set(name, { channel: req.sameAssociation, transferSyntaxUid: req.transferSyntaxUid });
     this.log.info({ associationId: req.associationId, callingAe: req.callingAeTitle, instances: parsed.items.length }, 'storage commitment requested');
     setImmediate(() => void this.poll());
     return STATUS_SUCCESS;
@@ -132,14 +172,14 @@ export class CommitmentService {
           else failed.push([cls, uid, s.state === 'failed' ? s.reason : FAILURE.ProcessingFailure]);
         });
         try {
-          await this.report(r, ok, failed);
+          const via = await this.report(name, r, ok, failed);
           this.pending.delete(name);
           try {
             unlinkSync(join(this.dir, name));
           } catch {
             /* gone */
           }
-          this.log.info({ callingAe: r.callingAe, committed: ok.length, failed: failed.length, timedOut: waiting }, 'storage commitment reported');
+          this.log.info({ callingAe: r.callingAe, committed: ok.length, failed: failed.length, timedOut: waiting, association: via }, 'storage commitment reported');
         } catch (e) {
           r.retryAt = Date.now() + 5000;
           this.log.warn({ callingAe: r.callingAe, err: errorMessage(e) }, 'storage commitment report not delivered; will retry');
@@ -150,8 +190,27 @@ export class CommitmentService {
     }
   }
 
+  /** Sends the result: on the requesting association if it is open and acknowledges it, else on a new one. */
+  private async report(name: string, r: PendingRequest, ok: Committed, failed: Failed): Promise<'same' | 'new'> {
+    const same = this.channels.get(name);
+    // One attempt on the requesting association: after that, the new-association path (which retries).
+    this.channels.delete(name);
+    if (same?.channel.open) {
+      try {
+        const data = eventInformation(r.transactionUid, ok, failed, same.transferSyntaxUid);
+        const status = await same.channel.eventReport(failed.length ? EVENT_FAILURES_EXIST : EVENT_SUCCESS, data, this.opts.sameAssociationTimeoutMs ?? 30_000);
+        if (status === STATUS_SUCCESS) return 'same';
+        this.log.warn({ callingAe: r.callingAe, status: `0x${status.toString(16).padStart(4, '0')}` }, 'storage commitment report refused on the requesting association; sending it on a new association');
+      } catch (e) {
+        this.log.info({ callingAe: r.callingAe, reason: errorMessage(e) }, 'storage commitment report not acknowledged on the requesting association; sending it on a new association');
+      }
+    }
+    await this.reportOnNewAssociation(r, ok, failed);
+    return 'new';
+  }
+
   /** N-EVENT-REPORT-RQ on a new association to the station's Commitment address (we are SCP of the SOP class). */
-  private report(r: PendingRequest, ok: Array<[string, string]>, failed: Array<[string, string, number]>): Promise<void> {
+  private reportOnNewAssociation(r: PendingRequest, ok: Committed, failed: Failed): Promise<void> {
     const to = this.opts.reportAddress(r.callingAe);
     if (!to) return Promise.reject(new Error(`no Commitment address configured for the station of ${r.callingAe}`));
     // eslint-disable-next-line @typescript-eslint/no-require-imports

@@ -4,6 +4,8 @@
 //   arrived; its data is dropped as it comes, and what the library already buffered is released at once);
 // - DIMSE commands we do not provide (answered 0x0211 Unrecognized Operation, their dataset discarded unread)
 //   and C-CANCEL (no response is due; dropped, so nothing waits on it), which the library left unanswered;
+// - responses: only an N-EVENT-REPORT-RSP answering a report we sent on this association (awaitsResponse,
+//   matched by Message ID Being Responded To) passes; any other response is a protocol error (A-ABORT);
 // - PDVs that break PS3.8 (unknown presentation context, a command while a dataset is due, data before any
 //   command, a PDV overrunning its PDU): an A-ABORT.
 // Costs a few header reads per PDU; a PDU passed whole is not copied.
@@ -14,6 +16,8 @@ export const COMMAND = {
   CCancelRq: 0x0fff,
   /** Storage commitment request (PS3.4 J.3.2); let through only when the SCP provides it. */
   NActionRq: 0x0130,
+  /** The answer to an N-EVENT-REPORT-RQ we sent on this association (a storage commitment result). */
+  NEventReportRsp: 0x8100,
 } as const;
 /** Bit 15 of the Command Field marks a response. */
 const RESPONSE_BIT = 0x8000;
@@ -23,10 +27,17 @@ const MAX_COMMAND_BYTES = 64 * 1024;
 
 export interface CommandInfo {
   field: number;
+  /** Message ID (0000,0110), or for a response its Message ID Being Responded To (0000,0120). */
   messageId: number;
+  /** Affected SOP Class UID (0000,0002), or the Requested one (0000,0003) of an N-ACTION. */
   sopClassUid: string;
+  /** Affected SOP Instance UID (0000,1000), or the Requested one (0000,1001) of an N-ACTION. */
   sopInstanceUid: string;
   hasDataset: boolean;
+  /** Status (0000,0900) of a response. */
+  status?: number;
+  /** Action Type ID (0000,1008) of an N-ACTION. */
+  actionTypeId?: number;
 }
 
 export type GuardAction =
@@ -65,6 +76,9 @@ interface Pdv {
 export class DimseGuard {
   /** N-ACTION-RQ reaches the SCP (storage commitment is provided). */
   allowNAction = false;
+  /** Whether a response is one we wait for (by command field and Message ID Being Responded To); any other
+   * response is a protocol error. */
+  awaitsResponse: (field: number, messageIdBeingRespondedTo: number) => boolean = () => false;
 
   private commandParts: Buffer[] = [];
   private commandBytes = 0;
@@ -135,6 +149,11 @@ export class DimseGuard {
       return 'abort';
     }
     if (command.field & RESPONSE_BIT) {
+      if (command.field === COMMAND.NEventReportRsp && this.awaitsResponse(command.field, command.messageId)) {
+        // Its Event Reply dataset, if any, is read and dropped by the P-DATA receiver.
+        if (command.hasDataset) this.current = { pcId: pdv.pcId, command, mode: 'library', bytes: 0 };
+        return 'pass';
+      }
       actions.push({ kind: 'abort', why: `unexpected DIMSE response 0x${command.field.toString(16)}` });
       return 'abort';
     }
@@ -211,6 +230,8 @@ export function parseCommand(cmd: Buffer): CommandInfo | undefined {
   let sopClassUid = '';
   let sopInstanceUid = '';
   let dataSetType = DATA_SET_TYPE_NONE;
+  let status: number | undefined;
+  let actionTypeId: number | undefined;
   let off = 0;
   while (off + 8 <= cmd.length) {
     const group = cmd.readUInt16LE(off);
@@ -222,12 +243,14 @@ export function parseCommand(cmd: Buffer): CommandInfo | undefined {
     else if (element === 0x0110 && len >= 2) messageId = cmd.readUInt16LE(v);
     else if (element === 0x0120 && len >= 2 && messageId === 0) messageId = cmd.readUInt16LE(v);
     else if (element === 0x0800 && len >= 2) dataSetType = cmd.readUInt16LE(v);
-    else if (element === 0x0002) sopClassUid = uid(cmd, v, len);
-    else if (element === 0x1000) sopInstanceUid = uid(cmd, v, len);
+    else if (element === 0x0900 && len >= 2) status = cmd.readUInt16LE(v);
+    else if (element === 0x1008 && len >= 2) actionTypeId = cmd.readUInt16LE(v);
+    else if (element === 0x0002 || element === 0x0003) sopClassUid = uid(cmd, v, len);
+    else if (element === 0x1000 || element === 0x1001) sopInstanceUid = uid(cmd, v, len);
     off = v + len;
   }
   if (field === undefined) return undefined;
-  return { field, messageId, sopClassUid, sopInstanceUid, hasDataset: dataSetType !== DATA_SET_TYPE_NONE };
+  return { field, messageId, sopClassUid, sopInstanceUid, hasDataset: dataSetType !== DATA_SET_TYPE_NONE, status, actionTypeId };
 }
 
 function uid(b: Buffer, at: number, len: number): string {

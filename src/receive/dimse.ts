@@ -26,6 +26,13 @@ export function us(v: number): Buffer {
   return b;
 }
 
+/** A command set: its elements (in tag order) after their (0000,0000) group length. */
+function withGroupLength(elems: Buffer[]): Buffer {
+  const gl = Buffer.allocUnsafe(4);
+  gl.writeUInt32LE(elems.reduce((n, e) => n + e.length, 0), 0);
+  return Buffer.concat([element(0x0000, 0x0000, gl), ...elems]);
+}
+
 /** The command set of a C-STORE-RSP, Implicit VR LE, with its (0000,0000) group length. */
 export function encodeCStoreRspCommand(p: {
   sopClassUid: string;
@@ -41,10 +48,7 @@ export function encodeCStoreRspCommand(p: {
     element(0x0000, 0x0900, us(p.status)),
     element(0x0000, 0x1000, uidValue(p.sopInstanceUid)),
   ];
-  const bodyLen = elems.reduce((n, e) => n + e.length, 0);
-  const gl = Buffer.allocUnsafe(4);
-  gl.writeUInt32LE(bodyLen, 0);
-  return Buffer.concat([element(0x0000, 0x0000, gl), ...elems]);
+  return withGroupLength(elems);
 }
 
 /**
@@ -52,20 +56,38 @@ export function encodeCStoreRspCommand(p: {
  * the peer's maximum PDU length (0 = unlimited).
  */
 export function encodeCommandPData(pcId: number, command: Buffer, peerMaxPdu: number): Buffer {
+  return encodePData(pcId, command, true, peerMaxPdu);
+}
+
+/** P-DATA-TF PDU(s) carrying a command set or a (small, whole) dataset, as encodeCommandPData. */
+export function encodePData(pcId: number, value: Buffer, command: boolean, peerMaxPdu: number): Buffer {
   // A PDU's length field covers its PDV items (4-byte length + pcId + control header + fragment).
-  const maxFragment = peerMaxPdu > 0 ? Math.max(1, peerMaxPdu - 6) : command.length;
+  const maxFragment = peerMaxPdu > 0 ? Math.max(1, peerMaxPdu - 6) : Math.max(1, value.length);
   const pdus: Buffer[] = [];
   let off = 0;
   do {
-    const frag = command.subarray(off, off + maxFragment);
+    const frag = value.subarray(off, off + maxFragment);
     off += frag.length;
-    const last = off >= command.length;
+    const last = off >= value.length;
     const pdu = Buffer.allocUnsafe(6 + 6 + frag.length);
-    writePdvHeader(pdu, pcId, true, last, frag.length);
+    writePdvHeader(pdu, pcId, command, last, frag.length);
     frag.copy(pdu, 12);
     pdus.push(pdu);
-  } while (off < command.length);
+  } while (off < value.length);
   return pdus.length === 1 ? pdus[0] : Buffer.concat(pdus);
+}
+
+/** The command set of an N-EVENT-REPORT-RQ (PS3.7 10.3.1) whose Event Information dataset follows. */
+export function encodeNEventReportRqCommand(p: { messageId: number; sopClassUid: string; sopInstanceUid: string; eventTypeId: number }): Buffer {
+  const elems = [
+    element(0x0000, 0x0002, uidValue(p.sopClassUid)),
+    element(0x0000, 0x0100, us(0x0100)),
+    element(0x0000, 0x0110, us(p.messageId)),
+    element(0x0000, 0x0800, us(0x0000)),
+    element(0x0000, 0x1000, uidValue(p.sopInstanceUid)),
+    element(0x0000, 0x1002, us(p.eventTypeId)),
+  ];
+  return withGroupLength(elems);
 }
 
 /** The command set of any DIMSE response (PS3.7 9.3 / 10.3), Implicit VR LE, with its group length; the
@@ -80,10 +102,7 @@ export function encodeResponseCommand(p: { commandField: number; messageIdBeingR
     element(0x0000, 0x0900, us(p.status)),
   );
   if (p.sopInstanceUid !== undefined) elems.push(element(0x0000, 0x1000, uidValue(p.sopInstanceUid)));
-  const bodyLen = elems.reduce((n, e) => n + e.length, 0);
-  const gl = Buffer.allocUnsafe(4);
-  gl.writeUInt32LE(bodyLen, 0);
-  return Buffer.concat([element(0x0000, 0x0000, gl), ...elems]);
+  return withGroupLength(elems);
 }
 
 /** The 12 bytes before a PDV's fragment when the PDU carries that one PDV: PDU header (type 4, length) and

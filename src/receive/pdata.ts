@@ -17,6 +17,8 @@ export interface PDataHandler {
   unsupported(pcId: number, cmd: CommandInfo): void;
   /** A complete N-ACTION-RQ with its dataset (storage commitment). */
   action?(pcId: number, cmd: CommandInfo, dataset: Buffer): void;
+  /** A response to a request we sent (N-EVENT-REPORT-RSP); a dataset it carries is read and dropped. */
+  response?(pcId: number, cmd: CommandInfo): void;
   /** The peer broke the protocol: abort the association. */
   protocolError(reason: string): void;
 }
@@ -37,7 +39,7 @@ export class PDataReceiver {
   private commandFragments: Buffer[] = [];
   private commandPc = -1;
   /** The message whose dataset is arriving. */
-  private current: { pcId: number; cmd: CommandInfo; sink: DatasetSink; store: boolean; parts?: Buffer[] } | undefined;
+  private current: { pcId: number; cmd: CommandInfo; sink: DatasetSink; store: boolean; parts?: Buffer[]; response?: true } | undefined;
   /** Dataset bytes received, over all messages. */
   bytes = 0;
 
@@ -84,6 +86,7 @@ export class PDataReceiver {
         if (last) {
           this.current = undefined;
           if (cur.store) this.h.endStore(cur.pcId, cur.cmd, cur.sink);
+          else if (cur.response) this.h.response?.(cur.pcId, cur.cmd);
           else if (cur.parts && this.h.action) this.h.action(cur.pcId, cur.cmd, Buffer.concat(cur.parts));
           else this.h.unsupported(cur.pcId, cur.cmd);
         }
@@ -105,7 +108,10 @@ export class PDataReceiver {
   }
 
   private onCommand(pcId: number, cmd: CommandInfo): void {
-    if (cmd.field === COMMAND.CStoreRq && cmd.hasDataset) {
+    if (cmd.field === COMMAND.NEventReportRsp && this.h.response) {
+      if (cmd.hasDataset) this.current = { pcId, cmd, sink: new DiscardSink(), store: false, response: true };
+      else this.h.response(pcId, cmd);
+    } else if (cmd.field === COMMAND.CStoreRq && cmd.hasDataset) {
       this.current = { pcId, cmd, sink: this.h.beginStore(pcId, cmd), store: true };
     } else if (cmd.field === COMMAND.NActionRq && cmd.hasDataset && this.h.action) {
       this.current = { pcId, cmd, sink: new DiscardSink(), store: false, parts: [] };

@@ -17,15 +17,16 @@ import { createListeningServer } from './tls';
 import { STORAGE_COMMITMENT_SOP_CLASS, STORAGE_COMMITMENT_SOP_INSTANCE } from './syntaxes';
 import { Scp, Implementation, constants, association as dimseAssociation } from 'dcmjs-dimse';
 import type { Logger } from 'pino';
-import { encodeCommandPData, encodeCStoreRspCommand, encodeResponseCommand } from './dimse';
-import { COMMAND, DimseGuard, GuardStep } from './dimse-guard';
+import { encodeCommandPData, encodeCStoreRspCommand, encodeNEventReportRqCommand, encodePData, encodeResponseCommand } from './dimse';
+import { COMMAND, DimseGuard, GuardStep, type CommandInfo } from './dimse-guard';
 import { PDataReceiver, type PDataHandler } from './pdata';
 import { AssociationSlots, DEFAULT_NETWORK_LIMITS, MAX_PDU_BYTES, MIN_PDU_BYTES, NetworkLimits, maxConnections } from './limits';
 import { PduFramer, PduFramingError } from './framer';
 import { checkAssociateRq, associateRjPdu, abortPdu } from './associate-rq';
 import { countRefusal, newScpStats, snapshotStats, RefusalKind, ScpStats } from './stats';
 import { chooseTransferSyntax, isAcceptedAbstractSyntax, VERIFICATION_SOP_CLASS } from './syntaxes';
-import type { DatasetSink, RunningScp, ScpOptions, StoreHandler, StoreStart } from './types';
+import type { CommitmentReplyChannel, DatasetSink, RunningScp, ScpOptions, StoreHandler, StoreStart } from './types';
+import { isValidUid, TS } from '../dicom/uids';
 import { errorMessage } from '../observe/errors';
 
 type Association = dimseAssociation.Association;
@@ -37,6 +38,16 @@ export const STATUS_PROCESSING_FAILURE = 0x0110;
 export const STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122;
 export const STATUS_OUT_OF_RESOURCES = 0xa700;
 export const STATUS_UNRECOGNIZED_OPERATION = 0x0211;
+/** N-ACTION failures (PS3.7 Annex C): the requested SOP instance is not one we know / is no valid UID, the
+ * requested SOP class is not provided, the action type is not defined for the SOP class. */
+const STATUS_NO_SUCH_SOP_INSTANCE = 0x0112;
+const STATUS_INVALID_SOP_INSTANCE = 0x0117;
+const STATUS_NO_SUCH_SOP_CLASS = 0x0118;
+const STATUS_NO_SUCH_ACTION = 0x0123;
+/** Action Type ID of "Request Storage Commitment" (PS3.4 J.3.2). */
+const ACTION_REQUEST_STORAGE_COMMITMENT = 1;
+/** Transfer syntaxes for the storage commitment context (its messages carry small non-pixel datasets). */
+const COMMITMENT_TRANSFER_SYNTAXES: ReadonlySet<string> = new Set([TS.ExplicitLE, TS.ImplicitLE]);
 
 const DEFAULT_CLOSE_GRACE_MS = 30_000;
 /** After we end() a socket, destroy it if the peer has not closed within this time. */
@@ -150,7 +161,12 @@ class Connection {
   bytes = 0;
   inFlight = 0;
   releasePending = false;
+  /** The peer sent A-RELEASE-RQ: it may send no more P-DATA, so nothing we send can be answered. */
+  releaseRequested = false;
   closed = false;
+  /** N-EVENT-REPORT-RQs we sent, by Message ID, until their RSP (a timed-out one stays, its late RSP ignored). */
+  readonly awaitedReports = new Map<number, { settle?: (status: number | Error) => void }>();
+  private nextMessageId = 1;
   private lingerTimer: ReturnType<typeof setTimeout> | undefined;
   scp!: StorageScp;
 
@@ -164,6 +180,40 @@ class Connection {
 
   get writable(): boolean {
     return !this.closed && !this.socket.destroyed && this.socket.writable;
+  }
+
+  /** Whether an N-EVENT-REPORT sent now could still be answered on this association. */
+  get takesReports(): boolean {
+    return this.associated && this.result === undefined && !this.releaseRequested && this.writable;
+  }
+
+  /** Sends an N-EVENT-REPORT-RQ with its dataset on pcId; resolves to the RSP status (see CommitmentReplyChannel). */
+  sendEventReport(pcId: number, p: { sopClassUid: string; sopInstanceUid: string; eventTypeId: number }, dataset: Buffer, timeoutMs: number): Promise<number> {
+    if (!this.takesReports) return Promise.reject(new Error('the association is no longer open'));
+    const messageId = this.nextMessageId;
+    this.nextMessageId = (this.nextMessageId % 0xffff) + 1;
+    return new Promise<number>((resolve, reject) => {
+      const entry: { settle?: (status: number | Error) => void } = {};
+      const timer = setTimeout(() => entry.settle?.(new Error(`no N-EVENT-REPORT-RSP within ${timeoutMs} ms`)), timeoutMs);
+      timer.unref();
+      entry.settle = (v) => {
+        clearTimeout(timer);
+        entry.settle = undefined;
+        if (v instanceof Error) reject(v);
+        else {
+          this.awaitedReports.delete(messageId);
+          resolve(v);
+        }
+      };
+      this.awaitedReports.set(messageId, entry);
+      const command = encodeNEventReportRqCommand({ messageId, ...p });
+      this.socket.write(Buffer.concat([encodeCommandPData(pcId, command, this.peerMaxPdu), encodePData(pcId, dataset, false, this.peerMaxPdu)]));
+    });
+  }
+
+  /** The reports still waiting for an answer will not get one on this association. */
+  failAwaitedReports(why: string): void {
+    for (const entry of this.awaitedReports.values()) entry.settle?.(new Error(why));
   }
 
   setResult(r: AssocResult, detail?: string): void {
@@ -226,6 +276,7 @@ class Connection {
     this.bytes = this.pdata?.bytes ?? this.bytes;
     if (this.lingerTimer) clearTimeout(this.lingerTimer);
     this.setResult('closed');
+    this.failAwaitedReports('the association ended before the N-EVENT-REPORT-RSP');
     this.server.connections.delete(this);
     if (this.holdsSlot) {
       this.holdsSlot = false;
@@ -486,7 +537,10 @@ class StorageScp extends Scp {
         ctx.setResult(PresentationContextResult.RejectAbstractSyntaxNotSupported);
         continue;
       }
-      const ts = chooseTransferSyntax(ctx.getTransferSyntaxUids());
+      const proposedTs = ctx.getTransferSyntaxUids();
+      const ts = abstract === STORAGE_COMMITMENT_SOP_CLASS
+        ? proposedTs.map((t) => t.trim()).find((t) => COMMITMENT_TRANSFER_SYNTAXES.has(t))
+        : chooseTransferSyntax(proposedTs);
       if (ts === undefined) {
         ctx.setResult(PresentationContextResult.RejectTransferSyntaxesNotSupported);
         continue;
@@ -528,12 +582,15 @@ class StorageScp extends Scp {
     const datasetLimit = (): number => (conn.pdata.receiving?.holdsWholeDataset ? Math.min(maxDatasetBytes, maxBufferedBytes) : maxDatasetBytes);
     conn.dimseGuard = new DimseGuard(datasetLimit, (pcId) => proposed.has(pcId));
     conn.dimseGuard.allowNAction = conn.server.opts.onCommitmentRequest !== undefined;
+    conn.dimseGuard.awaitsResponse = (_field, messageId) => conn.awaitedReports.has(messageId);
     conn.server.stats.associationsAccepted++;
     conn.lastActivity = Date.now();
   }
 
   override associationReleaseRequested(): void {
     const conn = this.conn;
+    conn.releaseRequested = true;
+    conn.failAwaitedReports('the peer released the association before the N-EVENT-REPORT-RSP');
     if (conn.inFlight > 0) {
       // Answer the outstanding C-STOREs first (a well-behaved peer never does this).
       conn.releasePending = true;
@@ -631,10 +688,30 @@ class StorageScp extends Scp {
       },
       action: (pcId, cmd, dataset) => {
         const handler = server.opts.onCommitmentRequest;
-        const answer = (status: number) => this.sendCommand(pcId, encodeResponseCommand({ commandField: 0x8130, messageIdBeingRespondedTo: cmd.messageId, status, sopClassUid: STORAGE_COMMITMENT_SOP_CLASS, sopInstanceUid: STORAGE_COMMITMENT_SOP_INSTANCE }));
+        let rspWritten!: () => void;
+        const afterRsp = new Promise<void>((resolve) => (rspWritten = resolve));
+        const answer = (status: number): void => {
+          this.sendCommand(pcId, encodeResponseCommand({ commandField: 0x8130, messageIdBeingRespondedTo: cmd.messageId, status, sopClassUid: STORAGE_COMMITMENT_SOP_CLASS, sopInstanceUid: STORAGE_COMMITMENT_SOP_INSTANCE }));
+          rspWritten();
+        };
         const ctx = conn.contexts.get(pcId);
         if (!handler || ctx?.abstractSyntaxUid !== STORAGE_COMMITMENT_SOP_CLASS) return answer(STATUS_UNRECOGNIZED_OPERATION);
-        handler({ callingAeTitle: conn.callingAe, associationId: conn.id, actionTypeId: 1, transferSyntaxUid: ctx.transferSyntaxUid ?? '', dataset }).then(
+        const refused = actionRefusal(cmd);
+        if (refused !== undefined) {
+          server.log.warn({ associationId: conn.id, callingAe: conn.callingAe, status: `0x${refused.toString(16).padStart(4, '0')}`, actionTypeId: cmd.actionTypeId }, 'N-ACTION refused');
+          return answer(refused);
+        }
+        // The result goes back on this association while it is open, after the N-ACTION-RSP.
+        const sameAssociation: CommitmentReplyChannel = {
+          get open() {
+            return conn.takesReports;
+          },
+          eventReport: async (eventTypeId, data, timeoutMs) => {
+            await afterRsp;
+            return conn.sendEventReport(pcId, { sopClassUid: STORAGE_COMMITMENT_SOP_CLASS, sopInstanceUid: STORAGE_COMMITMENT_SOP_INSTANCE, eventTypeId }, data, timeoutMs);
+          },
+        };
+        handler({ callingAeTitle: conn.callingAe, associationId: conn.id, actionTypeId: cmd.actionTypeId ?? 0, transferSyntaxUid: ctx.transferSyntaxUid ?? '', dataset, sameAssociation }).then(
           answer,
           (err: unknown) => {
             server.log.warn({ associationId: conn.id, err: errorMessage(err) }, 'storage commitment request failed');
@@ -642,9 +719,23 @@ class StorageScp extends Scp {
           },
         );
       },
+      response: (_pcId, cmd) => {
+        conn.lastActivity = Date.now();
+        conn.awaitedReports.get(cmd.messageId)?.settle?.(cmd.status ?? STATUS_PROCESSING_FAILURE);
+        conn.awaitedReports.delete(cmd.messageId);
+      },
       protocolError: (reason) => conn.refuse('malformed-pdu', reason, abortPdu(AbortSource.ServiceProvider, AbortReason.InvalidPduParameter)),
     };
   }
+}
+
+/** The failure status for an N-ACTION-RQ that is not a storage commitment request we can take, if so. */
+function actionRefusal(cmd: CommandInfo): number | undefined {
+  if (cmd.sopClassUid !== STORAGE_COMMITMENT_SOP_CLASS) return STATUS_NO_SUCH_SOP_CLASS;
+  if (!isValidUid(cmd.sopInstanceUid)) return STATUS_INVALID_SOP_INSTANCE;
+  if (cmd.sopInstanceUid !== STORAGE_COMMITMENT_SOP_INSTANCE) return STATUS_NO_SUCH_SOP_INSTANCE;
+  if (cmd.actionTypeId !== ACTION_REQUEST_STORAGE_COMMITMENT) return STATUS_NO_SUCH_ACTION;
+  return undefined;
 }
 
 function clampPdu(n: number): number {

@@ -117,4 +117,17 @@ export interface CommitmentRequest {
   transferSyntaxUid: string;
   /** The action information (TransactionUID, ReferencedSOPSequence) as received. */
   dataset: Buffer;
+  /** The association the request came on, for its result (absent for a request resumed after a restart). */
+  sameAssociation?: CommitmentReplyChannel;
+}
+
+/** Sends a storage commitment result back on the association of its request (PS3.4 J.3.3.1.2: the SCP may try
+ * the same association; the SCU is free to release it at any time, so the caller keeps another way). */
+export interface CommitmentReplyChannel {
+  /** True while the association is established and the peer has not asked to release it. */
+  readonly open: boolean;
+  /** Sends an N-EVENT-REPORT-RQ (Storage Commitment Push Model, its well-known instance) carrying the event
+   * information, encoded in the request's transfer syntax, after the N-ACTION-RSP; resolves to the status of the
+   * N-EVENT-REPORT-RSP. Rejects when the association ends first or no answer comes within timeoutMs. */
+  eventReport(eventTypeId: number, dataset: Buffer, timeoutMs: number): Promise<number>;
 }

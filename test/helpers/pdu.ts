@@ -87,15 +87,22 @@ function us(v: number): Buffer {
   return b;
 }
 
-export function commandSet(fields: { sopClass?: string; command: number; messageId?: number; respondingTo?: number; priority?: number; hasDataset: boolean; sopInstance?: string }): Buffer {
+export function commandSet(fields: {
+  sopClass?: string; requestedSopClass?: string; command: number; messageId?: number; respondingTo?: number; priority?: number; hasDataset: boolean;
+  status?: number; sopInstance?: string; requestedSopInstance?: string; actionTypeId?: number;
+}): Buffer {
   const els: Buffer[] = [];
   if (fields.sopClass !== undefined) els.push(elem(0x0002, uidBytes(fields.sopClass)));
+  if (fields.requestedSopClass !== undefined) els.push(elem(0x0003, uidBytes(fields.requestedSopClass)));
   els.push(elem(0x0100, us(fields.command)));
   if (fields.messageId !== undefined) els.push(elem(0x0110, us(fields.messageId)));
   if (fields.respondingTo !== undefined) els.push(elem(0x0120, us(fields.respondingTo)));
   if (fields.priority !== undefined) els.push(elem(0x0700, us(fields.priority)));
   els.push(elem(0x0800, us(fields.hasDataset ? 0x0000 : 0x0101)));
+  if (fields.status !== undefined) els.push(elem(0x0900, us(fields.status)));
   if (fields.sopInstance !== undefined) els.push(elem(0x1000, uidBytes(fields.sopInstance)));
+  if (fields.requestedSopInstance !== undefined) els.push(elem(0x1001, uidBytes(fields.requestedSopInstance)));
+  if (fields.actionTypeId !== undefined) els.push(elem(0x1008, us(fields.actionTypeId)));
   const body = Buffer.concat(els);
   const gl = Buffer.alloc(4);
   gl.writeUInt32LE(body.length, 0);
@@ -167,6 +174,40 @@ export function parseCommand(cmd: Buffer): Map<number, Buffer> {
     const len = cmd.readUInt32LE(off + 4);
     out.set(el, cmd.subarray(off + 8, off + 8 + len));
     off += 8 + len;
+  }
+  return out;
+}
+
+/** The DIMSE messages carried by the P-DATA-TF PDUs in a list: each command set (parsed) with the dataset
+ * that followed it, if any. */
+export function messagesIn(pdus: ReceivedPdu[]): Array<{ pcId: number; command: Map<number, Buffer>; dataset?: Buffer }> {
+  const out: Array<{ pcId: number; command: Map<number, Buffer>; dataset?: Buffer }> = [];
+  let cmd: Buffer[] = [];
+  let data: Buffer[] = [];
+  for (const p of pdus) {
+    if (p.type !== PDU.PData) continue;
+    let off = 0;
+    while (off + 6 <= p.body.length) {
+      const len = p.body.readUInt32BE(off);
+      const pcId = p.body[off + 4];
+      const ctl = p.body[off + 5];
+      const value = p.body.subarray(off + 6, off + 4 + len);
+      off += 4 + len;
+      if (ctl & 1) {
+        cmd.push(value);
+        if (ctl & 2) {
+          out.push({ pcId, command: parseCommand(Buffer.concat(cmd)) });
+          cmd = [];
+        }
+      } else {
+        data.push(value);
+        if (ctl & 2) {
+          const last = out[out.length - 1];
+          if (last) last.dataset = Buffer.concat(data);
+          data = [];
+        }
+      }
+    }
   }
   return out;
 }

@@ -395,3 +395,57 @@ export function makeVariants(part10: Buffer, n: number, seed = 1, from = 0): Arr
   }
   return out;
 }
+
+export interface ReportScp extends Peer {
+  /** The N-EVENT-REPORT-RQs received: event type and the event information (naturalized by dcmjs). */
+  reports: Array<{ eventTypeId: number; info: Record<string, any> }>;
+}
+
+/**
+ * A storage commitment SCU's listening side (dcmjs-dimse, on a net server bound to 127.0.0.1): accepts any
+ * association and answers every N-EVENT-REPORT-RQ with Success, keeping what it said.
+ */
+export async function startReportScp(): Promise<ReportScp> {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const dimse = require('dcmjs-dimse') as typeof import('dcmjs-dimse');
+  dimse.log.setLevel('silent');
+  const { Scp, responses, constants } = dimse;
+  const reports: ReportScp['reports'] = [];
+  class ReportScpImpl extends Scp {
+    override associationRequested(association: any): void {
+      for (const pc of association.getPresentationContexts()) {
+        const ctx = association.getPresentationContext(pc.id);
+        ctx.setResult(constants.PresentationContextResult.Accept, ctx.getTransferSyntaxUids()[0]);
+      }
+      this.sendAssociationAccept();
+    }
+    override associationReleaseRequested(): void {
+      this.sendAssociationReleaseResponse();
+    }
+    override nEventReportRequest(request: any, callback: (r: any) => void): void {
+      reports.push({ eventTypeId: request.getEventTypeId(), info: request.getDataset()?.getElements() ?? {} });
+      const rsp = responses.NEventReportResponse.fromRequest(request);
+      rsp.setStatus(constants.Status.Success);
+      callback(rsp);
+    }
+    override abort(): void {}
+  }
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    const scp = new ReportScpImpl(socket, {});
+    (scp as any).connected = true;
+    scp.on('networkError', () => socket.destroy());
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const port = (server.address() as net.AddressInfo).port;
+  return {
+    port,
+    reports,
+    stop: async () => {
+      sockets.forEach((s) => s.destroy());
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
