@@ -153,6 +153,13 @@ describe('PHI gate: what passes', { skip }, () => {
       'PHI gate: SeriesDescription holds the OtherPatientIDs');
   });
 
+  test('an original UID too short to look for in text ("1") is still compared whole; no crash', () => {
+    const p = pipelineWith({});
+    const e = rejection(p, planted(BRAIN, [el('StudyInstanceUID', 'UI', '1')]));
+    // Not a UID of anything, so the engine passes it on; the gate finds the original value.
+    assert.equal(e.message, 'PHI gate: StudyInstanceUID holds the StudyInstanceUID');
+  });
+
   test('a value the study sets is not an alarm, even when it equals the original', () => {
     const p = pipelineWith({ AnonymizeTag: { PatientID: { action: 'value', value: 'ZZPID000001' } } });
     assert.doesNotThrow(() => p.process({ kind: 'file', bytes: readFileSync(BRAIN) }));

@@ -118,8 +118,10 @@ export async function runAnonymize(config: RouterConfig, salt: string, options: 
         claimed.add(p.rel);
         if (p.phiWarning) o.logger.warn({ study: p.study, output: p.rel, phiGate: p.phiWarning }, 'PHI gate found identifiers; written (PhiGate: warn)');
         if (p.burnedInFlag) {
+          // Counted in the summary line; one info line per image was most of a run's log (and of its
+          // time, in runs of screen captures).
           s.burnedInFlagged++;
-          o.logger.info({ study: p.study, output: p.rel, reason: p.burnedInFlag }, 'burned-in annotation unknown; written');
+          o.logger.debug({ study: p.study, output: p.rel, reason: p.burnedInFlag }, 'burned-in annotation unknown; written');
         }
         io.write(childPath(o.outgoing, p.rel), p.chunks, { file, study: p.study }); // rel: checked UIDs, sanitised study name
       } else if (linkageError !== undefined) {

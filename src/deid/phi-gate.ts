@@ -200,61 +200,85 @@ function patientNeedles(top: readonly Element[], kept: Set<IdentifierKind>, deco
 
 const UID_KINDS: ReadonlySet<IdentifierKind> = new Set(['StudyInstanceUID', 'SeriesInstanceUID', 'SOPInstanceUID', 'FrameOfReferenceUID']);
 const PATIENT_SOURCE_TAGS = [T.SpecificCharacterSet, ...SOURCES.filter(([k]) => !UID_KINDS.has(k)).map(([, t]) => t)];
+const UID_SOURCE_TAGS = SOURCES.filter(([k]) => UID_KINDS.has(k)).map(([, t]) => t);
+const UID_SOURCE_KINDS = SOURCES.filter(([k]) => UID_KINDS.has(k)).map(([k]) => k);
 
-/** The raw values the patient needles come from. Consecutive images of one patient and visit have
- * the same, and reuse the needles; the cache keeps copies (inputs may live in a reused buffer). */
-function patientSources(top: readonly Element[]): Array<Buffer | null> {
-  const parts: Array<Buffer | null> = [];
-  for (const tag of PATIENT_SOURCE_TAGS) {
-    const el = findElement(top, tag);
-    if (el?.items) for (const it of el.items) parts.push(findElement(it.elements, T.PatientID)?.value ?? null);
-    else parts.push(el?.value ?? null);
+/** The raw values the patient needles come from (and the character set they are decoded with),
+ * as one string: each value as Latin-1 (every byte kept) after its length, so that equal keys
+ * mean equal values. */
+function patientKey(top: readonly Element[]): string {
+  let key = '';
+  for (let i = 0; i < PATIENT_SOURCE_TAGS.length; i++) {
+    const el = findElement(top, PATIENT_SOURCE_TAGS[i]);
+    if (el === undefined) key += '-';
+    else if (el.items) {
+      key += `S${el.items.length}`;
+      for (const it of el.items) key += keyPart(findElement(it.elements, T.PatientID)?.value);
+    } else key += keyPart(el.value);
   }
-  return parts;
+  return key;
 }
 
-function sameSources(a: ReadonlyArray<Buffer | null>, b: ReadonlyArray<Buffer | null>): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) {
-    const x = a[i];
-    const y = b[i];
-    if (x === null || y === null ? x !== y : !x.equals(y)) return false;
-  }
-  return true;
+function keyPart(v: Buffer | null | undefined): string {
+  return v ? `${v.length}:${v.toString('latin1')}` : '-';
 }
 
-/** Last patient seen per plan, with its needles. */
-const patientCache = new WeakMap<StudyPlan, { sources: Array<Buffer | null>; needles: Needle[] }>();
+/** Patient needles per plan, by patientKey. The images of a run belong to a few patients, often
+ * interleaved (a folder per series, an export sorted by UID): each patient's needles are made
+ * once. Bounded: the oldest patient goes first. */
+const patientCache = new WeakMap<StudyPlan, Map<string, Needle[]>>();
+const PATIENTS_CACHED = 256;
+
+function patientNeedlesOf(top: readonly Element[], plan: StudyPlan): Needle[] {
+  let byKey = patientCache.get(plan);
+  if (!byKey) {
+    byKey = new Map();
+    patientCache.set(plan, byKey);
+  }
+  const key = patientKey(top);
+  let needles = byKey.get(key);
+  if (!needles) {
+    const decode = textDecoderFor(elementString(findElement(top, T.SpecificCharacterSet)));
+    needles = patientNeedles(top, deliberatelyKept(plan), decode);
+    if (byKey.size >= PATIENTS_CACHED) byKey.delete(byKey.keys().next().value as string);
+    byKey.set(key, needles);
+  }
+  return needles;
+}
 
 function collectNeedles(input: DicomObject, plan: StudyPlan): Needles {
   const top = input.dataset;
+  const patient = patientNeedlesOf(top, plan);
   const kept = deliberatelyKept(plan);
-  const sources = patientSources(top);
-  let cached = patientCache.get(plan);
-  if (!cached || !sameSources(cached.sources, sources)) {
-    const decode = textDecoderFor(elementString(findElement(top, T.SpecificCharacterSet)));
-    cached = { sources: sources.map((b) => (b === null ? null : Buffer.from(b))), needles: patientNeedles(top, kept, decode) };
-    patientCache.set(plan, cached);
-  }
-  const text = cached.needles.slice();
+  // Original UIDs (those of the standard identify no one); one the study keeps on purpose is not
+  // looked for, also where another kind has the same value.
   const uids = new Map<string, IdentifierKind>();
   let keptUids: string[] | undefined;
-  for (const [kind, tag] of SOURCES) {
-    if (!UID_KINDS.has(kind)) continue;
-    const u = elementString(findElement(top, tag));
-    if (!u || u.startsWith('1.2.840.10008.')) continue; // the standard's own UIDs identify no one
+  for (let i = 0; i < UID_SOURCE_TAGS.length; i++) {
+    const u = elementString(findElement(top, UID_SOURCE_TAGS[i]));
+    if (!u || u.startsWith('1.2.840.10008.')) continue;
+    const kind = UID_SOURCE_KINDS[i];
     if (kept.has(kind)) (keptUids ??= []).push(u);
     else uids.set(u, kind);
   }
-  for (const u of keptUids ?? []) uids.delete(u);
-  for (const [u, kind] of uids) text.push({ text: u, kind, mode: UID, name: false, date: false });
+  if (keptUids) for (const u of keptUids) uids.delete(u);
   let minLength = Infinity;
-  for (const n of text) minLength = Math.min(minLength, n.text.length);
+  for (const n of patient) if (n.text.length < minLength) minLength = n.text.length;
   let minUid = Infinity;
   const uidLengths = new Set<number>();
-  for (const u of uids.keys()) {
-    minUid = Math.min(minUid, u.length);
-    uidLengths.add(u.length);
+  let text = patient;
+  if (uids.size !== 0) {
+    text = patient.slice();
+    for (const [u, kind] of uids) {
+      // Also looked for inside text; a UID too short for that ("1", a placeholder seen in the
+      // wild) is still compared whole with every UI value.
+      if (u.length >= MIN_ID) {
+        text.push({ text: u, kind, mode: UID, name: false, date: false });
+        if (u.length < minLength) minLength = u.length;
+      }
+      if (u.length < minUid) minUid = u.length;
+      uidLengths.add(u.length);
+    }
   }
   return { text, uids, uidLengths, minLength, minAny: Math.min(minLength, minUid) };
 }
@@ -322,7 +346,8 @@ function needleKeys(n: Needle, enc: KeyEncoding): number[] {
         }
       }
     }
-    n.keys = enc === 'latin1' ? { ...n.keys, latin1: keys } : enc === 'utf8' ? { ...n.keys, utf8: keys } : { ...n.keys, chars: keys };
+    if (a < 0x80 && b < 0x80) n.keys = { latin1: keys, utf8: keys, chars: keys };
+    else n.keys = enc === 'latin1' ? { ...n.keys, latin1: keys } : enc === 'utf8' ? { ...n.keys, utf8: keys } : { ...n.keys, chars: keys };
   }
   return keys;
 }

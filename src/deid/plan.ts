@@ -2,7 +2,7 @@
 // into a plan: per tag and per VR, the one operation the engine applies.
 import { createHmac } from 'crypto';
 import { LRUCache } from 'lru-cache';
-import { DictEntry, dictionaryEntries, lookupTag } from '../dicom/dictionary';
+import { DictEntry, lookupTag, tagsWithVr } from '../dicom/dictionary';
 import type { ActionSpec, OffsetSpec, PrivateKeep, StudyConfig } from '../config/types';
 import { PROFILE_ROWS, PS315_EDITION, ProfileOptionName } from './profile.generated';
 import { CID7050 } from './options';
@@ -217,10 +217,8 @@ let classUidTags: Set<number> | undefined;
  * them alone: they identify no one, and changing them breaks the object. */
 export function isClassUidTag(tag: number): boolean {
   if (!classUidTags) {
-    classUidTags = new Set();
-    for (const e of dictionaryEntries()) {
-      if (e.vr === 'UI' && /(ClassUID|TransferSyntaxUID|CodingSchemeUID|MappingResourceUID|^ContextUID|ApplicationContextName)$/.test(e.keyword)) classUidTags.add(e.tag);
-    }
+    const names = /(ClassUID|TransferSyntaxUID|CodingSchemeUID|MappingResourceUID|^ContextUID|ApplicationContextName)$/;
+    classUidTags = tagsWithVr('UI', (k) => names.test(k));
   }
   return classUidTags.has(tag);
 }

@@ -55,6 +55,9 @@ export class DicomParseError extends Error {
   }
 }
 
+/** Element lists found in tag order, with the length they had then. */
+const sortedLists = new WeakMap<readonly Element[], number>();
+
 /** Binary search in a tag-sorted element list. */
 export function findElement(elements: readonly Element[], tag: number): Element | undefined {
   let lo = 0;
@@ -66,7 +69,15 @@ export function findElement(elements: readonly Element[], tag: number): Element 
     if (t < tag) lo = mid + 1;
     else hi = mid - 1;
   }
-  // Datasets in the wild are occasionally unsorted; fall back to a scan.
+  // Datasets in the wild are occasionally unsorted: there, fall back to a scan. Most lookups that
+  // miss (an attribute the image does not have) are in sorted lists, which are checked once.
+  if (sortedLists.get(elements) === elements.length) return undefined;
+  let sorted = true;
+  for (let i = 1; i < elements.length && sorted; i++) sorted = elements[i - 1].tag < elements[i].tag;
+  if (sorted) {
+    sortedLists.set(elements, elements.length);
+    return undefined;
+  }
   for (const e of elements) if (e.tag === tag) return e;
   return undefined;
 }

@@ -63,6 +63,19 @@ export function* dictionaryEntries(): IterableIterator<DictEntry> {
   for (let i = 0; i < LINES.length; i++) yield entryAt(i);
 }
 
+/** Tags of the entries with this VR whose keyword `keyword` accepts, read from the text without
+ * making entries (sets the reader and engine build at start-up). */
+export function tagsWithVr(vr: string, keyword?: (k: string) => boolean): Set<number> {
+  const out = new Set<number>();
+  // "tttttttt VR Keyword ...": the VR is at columns 9-10, the keyword starts at column 12.
+  for (let i = 0; i < LINES.length; i++) {
+    const l = LINES[i];
+    if (l.charCodeAt(9) !== vr.charCodeAt(0) || l.charCodeAt(10) !== vr.charCodeAt(1) || l.charCodeAt(11) !== 0x20) continue;
+    if (!keyword || keyword(l.slice(12, l.indexOf(' ', 12)))) out.add(TAGS[i]);
+  }
+  return out;
+}
+
 /** Repeating groups (50xx curves, 60xx overlays) are listed once under their base group. */
 function baseTag(tag: number): number {
   const group = tag >>> 16;

@@ -3,7 +3,7 @@
 // sequences and items of defined and undefined length, encapsulated pixel data.
 import { inflateRawSync } from 'zlib';
 import { DicomObject, DicomParseError, Element, Item, findElement, getString, makeElement } from './dataset';
-import { dictionaryEntries, implicitVr } from './dictionary';
+import { implicitVr, tagsWithVr } from './dictionary';
 import { isKnownVr, slotHasLongLength, vrAtSlot, vrSlot } from './vr';
 import { EXPLICIT_BE, EXPLICIT_LE, IMPLICIT_LE, Syntax, TS, transferSyntaxInfo } from './uids';
 
@@ -225,10 +225,7 @@ let sequenceTags: Set<number> | undefined;
 /** A public attribute whose dictionary VR is SQ: its value is a sequence whatever VR it came with.
  * Asked for every element the reader meets, so one hash lookup (a Set made on first use). */
 export function isSequenceTag(tag: number): boolean {
-  if (!sequenceTags) {
-    sequenceTags = new Set();
-    for (const e of dictionaryEntries()) if (e.vr === 'SQ') sequenceTags.add(e.tag);
-  }
+  if (!sequenceTags) sequenceTags = tagsWithVr('SQ');
   return sequenceTags.has(tag);
 }
 
