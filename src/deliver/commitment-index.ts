@@ -7,8 +7,15 @@
 // folder destination: written before the sender was answered; dicom/dicomweb: committed once its spool
 // file is gone, failed while it is a dead letter, pending while it is spooled.
 //
+// Durability: an entry is written (temp file, rename) without an fsync of its own, so that the C-STORE path
+// pays no extra fsync per image. Before a report claims instances committed, their entries and the index
+// folder are fsynced (makeDurable: one group flush per report, whichever process wrote them): a report never
+// claims an instance whose entry a power cut could still take away. An entry lost before it was reported
+// makes the instance "never received" (failed), and the modality sends it again.
+//
 // Layout: <stateDir>/commitment/index/<hex>.json
 import { existsSync, readFileSync } from 'fs';
+import { open } from 'fs/promises';
 import { createHmac } from 'crypto';
 import { join } from 'path';
 import { deriveKey } from '../deid/plan';
@@ -41,9 +48,26 @@ export class CommitmentIndex {
     return createHmac('sha256', this.key).update(originalSopInstanceUid.trim()).digest('hex');
   }
 
-  /** Durably notes where an instance went (before its sender is answered Success). */
+  /** Notes where an instance went (before its sender is answered Success); not fsynced here: see makeDurable. */
   record(originalSopInstanceUid: string, entry: CommitmentEntry): void {
     writeFileAtomicSync(join(this.dir, `${this.keyOf(originalSopInstanceUid)}.json`), [Buffer.from(JSON.stringify(entry))], { durable: false });
+  }
+
+  /** Makes the entries of these instances, and the index folder, durable (fsync) before a report relies on them. */
+  async makeDurable(originalSopInstanceUids: readonly string[]): Promise<void> {
+    if (!originalSopInstanceUids.length) return;
+    const sync = async (path: string): Promise<void> => {
+      const fh = await open(path, 'r');
+      try {
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+    };
+    // A few at a time: the fsyncs of one group overlap in the thread pool.
+    const files = [...new Set(originalSopInstanceUids.map((u) => join(this.dir, `${this.keyOf(u)}.json`)))];
+    for (let i = 0; i < files.length; i += 4) await Promise.all(files.slice(i, i + 4).map(sync));
+    await sync(this.dir);
   }
 
   /** Where the instance stands now. */

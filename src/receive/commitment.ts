@@ -172,6 +172,8 @@ export class CommitmentService {
           else failed.push([cls, uid, s.state === 'failed' ? s.reason : FAILURE.ProcessingFailure]);
         });
         try {
+          // What the report claims committed must stay so: its index entries are made durable first.
+          await this.opts.index.makeDurable(ok.map(([, uid]) => uid));
           const via = await this.report(name, r, ok, failed);
           this.pending.delete(name);
           try {
