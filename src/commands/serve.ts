@@ -126,7 +126,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
 
   routing = await makeRouting(c);
   // Storage commitment: where each answered instance went, keyed by a keyed hash of its original UID.
-  const commitmentIndex = new CommitmentIndex(c.stateDir, salt);
+  const commitmentIndex = new CommitmentIndex(c.stateDir, salt, (e) => logger.warn({ err: errorCode(e) }, 'storage commitment index not written'));
   const commitment = new CommitmentService({
     index: commitmentIndex, stateDir: c.stateDir, salt, logger, aeTitle: c.listen.aeTitle,
     timeLimitMs: (c.commitment?.timeLimitSeconds ?? 3600) * 1000,
@@ -454,6 +454,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       await Promise.all([...routing.forwards.values()].map((f) =>
         f.queue instanceof ForwardQueue ? f.queue.stop(left()) : withinMs(f.queue.stop(), left() + 1000)));
       await http?.close();
+      await withinMs(commitmentIndex.settled(), left() + 1000);
       commitment.stop();
       linkage.close();
       logStageTimings();

@@ -14,12 +14,13 @@
 // makes the instance "never received" (failed), and the modality sends it again.
 //
 // Layout: <stateDir>/commitment/index/<hex>.json
-import { existsSync, readFileSync } from 'fs';
+import { existsSync, readFileSync, promises as fsp } from 'fs';
 import { open } from 'fs/promises';
+import { randomBytes } from 'crypto';
 import { createHmac } from 'crypto';
 import { join } from 'path';
 import { deriveKey } from '../deid/plan';
-import { writeFileAtomicSync } from './folder';
+import { TEMP_PREFIX } from './folder';
 import { spoolId } from './spool';
 
 export interface CommitmentEntry {
@@ -38,7 +39,14 @@ export class CommitmentIndex {
   readonly dir: string;
   private readonly key: Buffer;
 
-  constructor(private readonly stateDir: string, salt: string) {
+  /** Entry writes in flight, by file (a later record of the same instance waits for the earlier). */
+  private readonly writing = new Map<string, Promise<void>>();
+  private readonly tempPrefix = `${TEMP_PREFIX}${randomBytes(6).toString('hex')}-`;
+  private counter = 0;
+  private dirMade: Promise<unknown> | undefined;
+
+  /** `onError`: an entry could not be written (the instance will be reported failed, and sent again). */
+  constructor(private readonly stateDir: string, salt: string, private readonly onError: (e: unknown) => void = () => undefined) {
     this.dir = join(stateDir, 'commitment', 'index');
     this.key = deriveKey(salt, 'commitment');
   }
@@ -48,9 +56,39 @@ export class CommitmentIndex {
     return createHmac('sha256', this.key).update(originalSopInstanceUid.trim()).digest('hex');
   }
 
-  /** Notes where an instance went (before its sender is answered Success); not fsynced here: see makeDurable. */
+  /**
+   * Notes where an instance went. The write runs in the thread pool and is not waited for: the sender's
+   * answer must not wait for it (a file created in the main thread while an image's fsync commits the
+   * file system journal blocked the event loop for the length of that commit: a third of its time in
+   * scp-bench). A commitment request for the instance looks only after settled(); not fsynced here: see makeDurable.
+   */
   record(originalSopInstanceUid: string, entry: CommitmentEntry): void {
-    writeFileAtomicSync(join(this.dir, `${this.keyOf(originalSopInstanceUid)}.json`), [Buffer.from(JSON.stringify(entry))], { durable: false });
+    const file = join(this.dir, `${this.keyOf(originalSopInstanceUid)}.json`);
+    const data = JSON.stringify(entry);
+    const before = this.writing.get(file);
+    const p = (async () => {
+      if (before) await before;
+      await (this.dirMade ??= fsp.mkdir(this.dir, { recursive: true }));
+      const tmp = join(this.dir, `${this.tempPrefix}${(this.counter++).toString(36)}.tmp`);
+      try {
+        await fsp.writeFile(tmp, data);
+        await fsp.rename(tmp, file);
+      } catch (e) {
+        await fsp.unlink(tmp).catch(() => undefined);
+        this.dirMade = undefined; // the folder may have been taken away: made again next time
+        throw e;
+      }
+    })()
+      .catch((e: unknown) => this.onError(e))
+      .finally(() => {
+        if (this.writing.get(file) === p) this.writing.delete(file);
+      });
+    this.writing.set(file, p);
+  }
+
+  /** Resolves once every entry recorded so far is written (not necessarily fsync'd). */
+  async settled(): Promise<void> {
+    while (this.writing.size) await Promise.all([...this.writing.values()]);
   }
 
   /** Makes the entries of these instances, and the index folder, durable (fsync) before a report relies on them. */

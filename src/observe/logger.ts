@@ -33,8 +33,22 @@ export function createLogger(opts: { level?: string; destination?: number | stri
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const pino = require('pino') as typeof import('pino');
   const level = opts.level ?? process.env.LOG_LEVEL ?? 'info';
-  const dest = pino.destination({ dest: opts.destination ?? 1, sync: false });
-  return pino({ level, base: { app: 'dicom-deid-router' }, timestamp: pino.stdTimeFunctions.isoTime }, dest);
+  // Lines are gathered into writes of up to 4 KiB (one system call for several images' lines, not one
+  // per line: a line per stored image cost the storage SCP's event loop a write each) and flushed at
+  // least every 200 ms, so that a `tail -f` stays current; pino flushes what is left on exit.
+  const dest = pino.destination({ dest: opts.destination ?? 1, sync: false, minLength: 4096 });
+  let unflushed = false;
+  setInterval(() => {
+    if (!unflushed) return; // (a flush of nothing would still write)
+    unflushed = false;
+    try {
+      dest.flush();
+    } catch {
+      /* not open yet, or closed: the exit flush writes it */
+    }
+  }, 200).unref();
+  const hooks = { streamWrite: (line: string) => ((unflushed = true), line) };
+  return pino({ level, base: { app: 'dicom-deid-router' }, timestamp: pino.stdTimeFunctions.isoTime, hooks }, dest);
 }
 
 /** A logger that drops everything, for tests and library use. */

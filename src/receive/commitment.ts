@@ -159,6 +159,8 @@ export class CommitmentService {
     this.busy = true;
     try {
       const now = Date.now();
+      // Entries of instances answered just before the request may still be on their way to disk.
+      await this.opts.index.settled();
       for (const [name, r] of [...this.pending]) {
         if (r.retryAt && r.retryAt > now) continue;
         const states = r.items.map(([, uid]) => this.opts.index.stateOf(uid));
