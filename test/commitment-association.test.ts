@@ -70,9 +70,10 @@ describe('storage commitment result on the requesting association', { skip }, ()
       await waitFor(() => pendingFiles() === 0, 10_000, 'the request removed once acknowledged');
       await m1.release();
 
-      // 2. Settled already: answered at once, here in Explicit VR Little Endian; a never-sent UID fails (0x0112).
+      // 2. Settled already: answered at once, here in Explicit VR Little Endian and with SCP/SCU Role Selection
+      //    proposed (modality SCU only: the N-EVENT-REPORT comes from us as SCP); a never-sent UID fails (0x0112).
       const never = '2.25.9090909090909090909';
-      const m2 = await Modality.open(routerPort, EXPLICIT_LE);
+      const m2 = await Modality.open(routerPort, EXPLICIT_LE, { roleSelection: true });
       open.push(m2);
       assert.equal(await m2.request(8, '2.25.1002', [[CT, variants[0].sopInstanceUid], [CT, never]]), 0x0000);
       const r2 = await m2.nextReport(1, 10_000);

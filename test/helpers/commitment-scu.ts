@@ -59,12 +59,16 @@ function parseResult(eventTypeId: number, dataset: Buffer, ts: string): Result {
 export class Modality {
   private constructor(readonly peer: RawPeer, readonly ts: string) {}
 
-  static async open(port: number, ts = IMPLICIT_LE): Promise<Modality> {
-    const { peer, results } = await associate('127.0.0.1', port, {
+  /** With roleSelection, SCP/SCU Role Selection is proposed for the SOP class (the modality as SCU only) and
+   * must come back the same. */
+  static async open(port: number, ts = IMPLICIT_LE, o: { roleSelection?: boolean } = {}): Promise<Modality> {
+    const { peer, results, roles } = await associate('127.0.0.1', port, {
       called: 'DEID_ROUTER', calling: 'MODALITY', maxPdu: 16384,
       contexts: [{ id: 1, abstractSyntax: COMMITMENT, transferSyntaxes: [ts] }],
+      roles: o.roleSelection ? [{ abstractSyntax: COMMITMENT, scu: true, scp: false }] : undefined,
     });
     assert.equal(results.get(1), 0, 'storage commitment context accepted');
+    if (o.roleSelection) assert.deepEqual(roles, [{ abstractSyntax: COMMITMENT, scu: true, scp: false }]);
     return new Modality(peer, ts);
   }
 

@@ -34,7 +34,14 @@ export interface ProposedContext {
   transferSyntaxes: string[];
 }
 
-export function associateRq(p: { called: string; calling: string; contexts: ProposedContext[]; maxPdu?: number; implementationClassUid?: string }): Buffer {
+/** SCP/SCU Role Selection (PS3.7 D.3.3.4) proposed for an abstract syntax. */
+export interface RoleSelection {
+  abstractSyntax: string;
+  scu: boolean;
+  scp: boolean;
+}
+
+export function associateRq(p: { called: string; calling: string; contexts: ProposedContext[]; maxPdu?: number; implementationClassUid?: string; roles?: RoleSelection[] }): Buffer {
   const head = Buffer.alloc(68);
   head.writeUInt16BE(1, 0);
   ae(p.called).copy(head, 4);
@@ -46,7 +53,12 @@ export function associateRq(p: { called: string; calling: string; contexts: Prop
   }
   const maxLen = Buffer.alloc(4);
   maxLen.writeUInt32BE(p.maxPdu ?? 16384, 0);
-  items.push(item(0x50, Buffer.concat([item(0x51, maxLen), item(0x52, Buffer.from(p.implementationClassUid ?? '1.2.3.4.5.6'))])));
+  const roleItems = (p.roles ?? []).map((r) => {
+    const len = Buffer.alloc(2);
+    len.writeUInt16BE(r.abstractSyntax.length, 0);
+    return item(0x54, Buffer.concat([len, Buffer.from(r.abstractSyntax, 'latin1'), Buffer.from([r.scu ? 1 : 0, r.scp ? 1 : 0])]));
+  });
+  items.push(item(0x50, Buffer.concat([item(0x51, maxLen), item(0x52, Buffer.from(p.implementationClassUid ?? '1.2.3.4.5.6')), ...roleItems])));
   return pdu(PDU.AssociateRq, Buffer.concat(items));
 }
 
@@ -142,8 +154,9 @@ export function splitPdus(buf: Buffer): ReceivedPdu[] {
 }
 
 /** Results of an A-ASSOCIATE-AC: presentation context id -> result (0 = acceptance), and the max PDU length. */
-export function parseAssociateAc(body: Buffer): { results: Map<number, number>; maxPdu: number } {
+export function parseAssociateAc(body: Buffer): { results: Map<number, number>; maxPdu: number; roles: RoleSelection[] } {
   const results = new Map<number, number>();
+  const roles: RoleSelection[] = [];
   let maxPdu = -1;
   let off = 68;
   while (off + 4 <= body.length) {
@@ -157,12 +170,16 @@ export function parseAssociateAc(body: Buffer): { results: Map<number, number>; 
         const t = v[o];
         const l = v.readUInt16BE(o + 2);
         if (t === 0x51) maxPdu = v.readUInt32BE(o + 4);
+        if (t === 0x54) {
+          const n = v.readUInt16BE(o + 4);
+          roles.push({ abstractSyntax: v.toString('latin1', o + 6, o + 6 + n), scu: v[o + 6 + n] === 1, scp: v[o + 7 + n] === 1 });
+        }
         o += 4 + l;
       }
     }
     off += 4 + len;
   }
-  return { results, maxPdu };
+  return { results, maxPdu, roles };
 }
 
 /** The command set elements (group 0000) of a DIMSE message in Implicit VR LE: tag element -> value. */
@@ -307,7 +324,7 @@ export class RawPeer {
 }
 
 /** Connects, proposes the contexts and waits for the A-ASSOCIATE-AC (throws on anything else). */
-export async function associate(host: string, port: number, p: { called: string; calling: string; contexts: ProposedContext[]; maxPdu?: number }): Promise<{ peer: RawPeer; maxPdu: number; results: Map<number, number> }> {
+export async function associate(host: string, port: number, p: { called: string; calling: string; contexts: ProposedContext[]; maxPdu?: number; roles?: RoleSelection[] }): Promise<{ peer: RawPeer; maxPdu: number; results: Map<number, number>; roles: RoleSelection[] }> {
   const peer = new RawPeer(host, port);
   await peer.ready;
   peer.send(associateRq(p));
