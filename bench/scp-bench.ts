@@ -413,7 +413,7 @@ async function runRouter(files: string[], assoc: number, profileDir?: string, cl
 
 /** The durable-write floor: N files of this size, each temp + fsync + rename + dir fsync, by `parallel`
  * threads at once (one: sequentially), as `parallel` associations would. */
-async function runFloor(n: number, size: number, parallel = 1): Promise<number> {
+export async function runFloor(n: number, size: number, parallel = 1): Promise<number> {
   const dir = await tmp('bench-floor-');
   try {
     if (parallel <= 1) {
