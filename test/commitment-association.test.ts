@@ -15,8 +15,8 @@ import { silentLogger } from '../src/observe/logger';
 import { CORPUS_PHI, corpusAvailable } from './helpers/corpus';
 import { run } from './helpers/dcmtk';
 import { freePort, makeVariants, sleep, startReportScp, startStorescp, waitFor, type Peer } from './helpers/peers';
-import { EXPLICIT_LE } from './helpers/pdu';
-import { CT, Modality } from './helpers/commitment-scu';
+import { associate, EXPLICIT_LE } from './helpers/pdu';
+import { COMMITMENT, CT, Modality } from './helpers/commitment-scu';
 import { hasTool } from './helpers/tools';
 
 const SALT = 'commitment-association-salt-5e1f';
@@ -117,6 +117,14 @@ describe('storage commitment result on the requesting association', { skip }, ()
       assert.equal(station.reports[1].info.TransactionUID, '2.25.1005');
       assert.deepEqual(station.reports[1].info.ReferencedSOPSequence.map((i: any) => i.ReferencedSOPInstanceUID), [variants[0].sopInstanceUid]);
       await waitFor(() => pendingFiles() === 0, 10_000, 'the fifth request removed');
+
+      // A requester proposing only the SCP role for the SOP class is granted no role it did not propose.
+      const scpOnly = await associate('127.0.0.1', routerPort, {
+        called: 'DEID_ROUTER', calling: 'MODALITY', contexts: [{ id: 1, abstractSyntax: COMMITMENT, transferSyntaxes: [EXPLICIT_LE] }],
+        roles: [{ abstractSyntax: COMMITMENT, scu: false, scp: true }],
+      });
+      scpOnly.peer.destroy();
+      assert.deepEqual(scpOnly.roles, [{ abstractSyntax: COMMITMENT, scu: false, scp: false }]);
 
       // 5. N-ACTION-RQs that are not "Request Storage Commitment" on the well-known instance (PS3.7 Annex C).
       const m5 = await Modality.open(routerPort);

@@ -547,9 +547,11 @@ class StorageScp extends Scp {
       }
       ctx.setResult(PresentationContextResult.Accept, ts);
       conn.contexts.set(id, { accepted: true, abstractSyntaxUid: abstract, transferSyntaxUid: ts });
-      // SCP/SCU role selection: the requester may only be the SCU of the services we provide.
+      // SCP/SCU role selection: the requester may only be the SCU of the services we provide, and only if it
+      // proposed that role (PS3.7 D.3.3.4: an acceptor grants no role that was not proposed). For storage
+      // commitment, that is what lets our N-EVENT-REPORT go back on this association (we are its SCP).
       if (ctx.getUserRole() !== undefined || ctx.getProviderRole() !== undefined) {
-        ctx.setUserRole(true);
+        ctx.setUserRole(ctx.getUserRole() !== false);
         ctx.setProviderRole(false);
       }
     }
