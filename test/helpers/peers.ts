@@ -185,6 +185,26 @@ export interface RefusingScp extends Peer {
   refusedCount: number;
 }
 
+/** Serves a dcmjs-dimse Scp on 127.0.0.1 (a free port), one instance per connection; stop() drops them all. */
+async function serveScp(makeScp: (socket: net.Socket) => { on(event: 'networkError', f: () => void): unknown }): Promise<{ port: number; stop: () => Promise<void> }> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    const scp = makeScp(socket);
+    (scp as any).connected = true;
+    scp.on('networkError', () => socket.destroy());
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    stop: async () => {
+      sockets.forEach((s) => s.destroy());
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
 /**
  * A minimal storage SCP (dcmjs-dimse, on a net server bound to 127.0.0.1) that answers `status` for one SOP
  * instance UID (every time, or its first refuseTimes times) and Success for every other image. Datasets are kept as raw bytes (no dcmjs parsing).
@@ -243,26 +263,14 @@ export async function startRefusingScp(opts: { refuseSopInstanceUid: string; sta
     override abort(): void {}
   }
 
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-    const scp = new RefusingScpImpl(socket, {});
-    (scp as any).connected = true;
-    scp.on('networkError', () => socket.destroy());
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  const port = (server.address() as net.AddressInfo).port;
+  const { port, stop } = await serveScp((socket) => new RefusingScpImpl(socket, {}));
   return {
     port,
     received,
     get refusedCount() {
       return state.refusedCount;
     },
-    stop: async () => {
-      sockets.forEach((s) => s.destroy());
-      await new Promise<void>((r) => server.close(() => r()));
-    },
+    stop,
   };
 }
 
@@ -430,22 +438,5 @@ export async function startReportScp(): Promise<ReportScp> {
     }
     override abort(): void {}
   }
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-    const scp = new ReportScpImpl(socket, {});
-    (scp as any).connected = true;
-    scp.on('networkError', () => socket.destroy());
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  const port = (server.address() as net.AddressInfo).port;
-  return {
-    port,
-    reports,
-    stop: async () => {
-      sockets.forEach((s) => s.destroy());
-      await new Promise<void>((r) => server.close(() => r()));
-    },
-  };
+  return { reports, ...(await serveScp((socket) => new ReportScpImpl(socket, {}))) };
 }
