@@ -70,6 +70,8 @@ export interface CheckCounts {
 
 export class DeidPipeline {
   private plans = new Map<StudyConfig, StudyPlan>();
+  /** Study name -> its path component: names are configured ones (or Supplement142), a handful. */
+  private folderNames = new Map<string, string>();
   /** Bounds on inflated size and sequence depth of one image (router.yaml `limits`). */
   readLimits: ReadLimits = DEFAULT_READ_LIMITS;
   readonly counts: CheckCounts = { phiGateQuarantined: 0, phiGateWarned: 0, burnedInQuarantined: 0, burnedInFlagged: 0 };
@@ -86,6 +88,15 @@ export class DeidPipeline {
       this.plans.set(study, plan);
     }
     return plan;
+  }
+
+  private folderName(studyName: string): string {
+    let f = this.folderNames.get(studyName);
+    if (f === undefined) {
+      f = sanitizePathComponent(studyName);
+      if (this.folderNames.size < 1024) this.folderNames.set(studyName, f);
+    }
+    return f;
   }
 
   read(input: InboundImage): DicomObject {
@@ -162,7 +173,7 @@ export class DeidPipeline {
       quarantine: false,
       output: out,
       chunks,
-      relativePath: [sanitizePathComponent(r.studyName), uids.studyInstanceUid, uids.seriesInstanceUid, `${uids.sopInstanceUid}.dcm`].join('/'),
+      relativePath: `${this.folderName(r.studyName)}/${uids.studyInstanceUid}/${uids.seriesInstanceUid}/${uids.sopInstanceUid}.dcm`,
       uids,
       destinations: r.study.destinations ?? [this.config.defaultDestination],
       phiWarnings,

@@ -300,11 +300,15 @@ export function detectSyntax(buf: Buffer, pos: number, declared: Syntax | undefi
   return declared && declared.explicit === s.explicit && declared.littleEndian ? declared : s;
 }
 
+/** "DICM" at buf[at]: compared byte by byte, without making a string (asked twice per file). */
+function hasDicmAt(buf: Buffer, at: number): boolean {
+  return buf.length >= at + 4 && buf[at] === 0x44 && buf[at + 1] === 0x49 && buf[at + 2] === 0x43 && buf[at + 3] === 0x4d;
+}
+
 /** True when the bytes look like DICOM at all: a Part-10 preamble, or a bare dataset whose first
  * element is a plausible group 0002/0008 element. Used to skip non-DICOM files quietly. */
 export function looksLikeDicom(buf: Buffer): boolean {
-  if (buf.length >= 132 && buf.toString('latin1', 128, 132) === 'DICM') return true;
-  if (buf.length >= 4 && buf.toString('latin1', 0, 4) === 'DICM') return true;
+  if (hasDicmAt(buf, 128) || hasDicmAt(buf, 0)) return true;
   return sniffBareDataset(buf) !== undefined;
 }
 
@@ -327,8 +331,8 @@ function sniffBareDataset(buf: Buffer): Syntax | undefined {
 /** Reads a Part-10 file, or a bare dataset file without preamble/meta (encoding sniffed). */
 export function readPart10(buf: Buffer, limits: ReadLimits = DEFAULT_READ_LIMITS): DicomObject {
   let pos: number;
-  if (buf.length >= 132 && buf.toString('latin1', 128, 132) === 'DICM') pos = 132;
-  else if (buf.length >= 4 && buf.toString('latin1', 0, 4) === 'DICM') pos = 4;
+  if (hasDicmAt(buf, 128)) pos = 132;
+  else if (hasDicmAt(buf, 0)) pos = 4;
   else {
     if (!sniffBareDataset(buf)) throw new DicomParseError('not a DICOM file (no DICM prefix and no recognisable dataset)');
     pos = 0;
