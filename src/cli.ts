@@ -77,7 +77,7 @@ function describeConfig(c: RouterConfig): string {
   }
   lines.push(`http: ${c.http ? `${c.http.host}:${c.http.port} (/metrics, /healthz, /readyz, status page)${c.http.token ? ', Bearer token required' : ''}` : 'off'}`);
   const l = c.limits;
-  lines.push(`limits: ${l.maxAssociations} associations (${l.maxAssociationsPerCaller} per calling AE); PDU ${l.maxPduBytes} bytes; dataset ${l.maxDatasetBytes} bytes (${l.maxBufferedBytes} held in memory whole), inflated ${l.maxInflatedBytes}; sequence depth ${l.maxSequenceDepth}; idle ${l.idleSeconds} s, association ${l.associationSeconds} s, A-ASSOCIATE-RQ within ${l.associationRequestSeconds} s`);
+  lines.push(`limits: ${l.maxAssociations} associations (${l.maxAssociationsPerCaller} per calling AE); PDU ${l.maxPduBytes} bytes; dataset ${l.maxDatasetBytes} bytes (${l.maxBufferedBytes} held in memory whole, ${l.maxBufferedBytesTotal} over all associations), inflated ${l.maxInflatedBytes}; sequence depth ${l.maxSequenceDepth}; idle ${l.idleSeconds} s, association ${l.associationSeconds} s, A-ASSOCIATE-RQ within ${l.associationRequestSeconds} s`);
   lines.push(`state directory: ${c.stateDir}; unknown studies: ${c.unknownStudy === 'quarantine' ? 'quarantined' : 'Supplement142'}`);
   const sc = c.commitment ?? { timeLimitSeconds: 3600, sameAssociation: true };
   lines.push(`storage commitment: answers wait up to ${sc.timeLimitSeconds} s for spooled images; result ${sc.sameAssociation ? 'on the requesting association while it is open, else ' : ''}on a new association to the station's Commitment address`);

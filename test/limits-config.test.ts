@@ -45,6 +45,7 @@ describe('limits in router.yaml', () => {
       '  maxPduBytes: 64 KiB',
       '  maxDatasetBytes: "512 MiB"',
       '  maxBufferedBytes: 100 MiB',
+      '  maxBufferedBytesTotal: 1 GiB',
       '  maxInflatedBytes: 2GB',
       '  maxSequenceDepth: 12',
       '  idleSeconds: 45',
@@ -53,7 +54,7 @@ describe('limits in router.yaml', () => {
     ].join('\n')), {});
     assert.deepEqual(c.limits, {
       maxAssociations: 10, maxAssociationsPerCaller: 3, maxPduBytes: 65536, maxDatasetBytes: 512 * 1024 * 1024, maxBufferedBytes: 100 * 1024 * 1024,
-      maxInflatedBytes: 2e9, maxSequenceDepth: 12, idleSeconds: 45, associationSeconds: 7200, associationRequestSeconds: 5,
+      maxBufferedBytesTotal: 1024 ** 3, maxInflatedBytes: 2e9, maxSequenceDepth: 12, idleSeconds: 45, associationSeconds: 7200, associationRequestSeconds: 5,
     });
     const pipeline = new DeidPipeline(c, 'limits-test-salt-1');
     assert.deepEqual(pipeline.readLimits, { maxInflatedBytes: 2e9, maxSequenceDepth: 12 });
@@ -86,6 +87,6 @@ describe('limits in router.yaml', () => {
     const file = configFile('limits:\n  maxAssociations: 12\n  maxDatasetBytes: 1 MiB\n');
     const r = spawnSync(process.execPath, [join(__dirname, '..', 'src', 'cli.js'), 'check-config', '--config', file], { encoding: 'utf8', env: { ...process.env, DEID_SALT: 'limits-test-salt-2' } });
     assert.equal(r.status, 0, r.stderr);
-    assert.match(r.stdout, /limits: 12 associations \(8 per calling AE\); PDU 262144 bytes; dataset 1048576 bytes \(268435456 held in memory whole\)/);
+    assert.match(r.stdout, /limits: 12 associations \(8 per calling AE\); PDU 262144 bytes; dataset 1048576 bytes \(268435456 held in memory whole, 536870912 over all associations\)/);
   });
 });

@@ -308,4 +308,36 @@ describe('receive robustness: datasets held in memory whole', { skip: skipDcmtk 
       await scp.close({ graceMs: 2000 });
     }
   });
+  it('datasets held whole on all associations together are bounded by limits.maxBufferedBytesTotal (0xA700, then accepted once memory is free)', async () => {
+    const stored: string[] = [];
+    const scp = await startScp({ limits: { maxDatasetBytes: 10_000_000, maxBufferedBytes: 1_000_000, maxBufferedBytesTotal: 400_000 } }, async (req) => {
+      stored.push(req.sopInstanceUid);
+      return 0;
+    });
+    try {
+      const a = (await associate(HOST, scp.port, { called: AE, calling: KNOWN, contexts: [ECHO_CTX, STORE_CTX], maxPdu: 16384 })).peer;
+      const b = (await associate(HOST, scp.port, { called: AE, calling: KNOWN, contexts: [ECHO_CTX, STORE_CTX], maxPdu: 16384 })).peer;
+      // A holds 200 kB of a 300 kB image and pauses; B's 300 kB image would take the sum over 400 kB.
+      const aPdus = dataPdus(3, dataset('1.2.3.10', 300_000), 16384);
+      const half = Math.ceil(aPdus.length * 2 / 3);
+      a.send(pData(3, cStoreRq(1, CT_IMAGE_STORAGE, '1.2.3.10'), { command: true, last: true }));
+      for (const pdu of aPdus.slice(0, half)) a.send(pdu);
+      await new Promise((r) => setTimeout(r, 300));
+      b.send(pData(3, cStoreRq(1, CT_IMAGE_STORAGE, '1.2.3.20'), { command: true, last: true }));
+      for (const pdu of dataPdus(3, dataset('1.2.3.20', 300_000), 16384)) b.send(pdu);
+      assert.deepEqual((await waitCommands(b, 1)).map((c) => statusOf(c).status), [0xa700]);
+      // A finishes: stored. B sends the same image again, now alone in memory: stored.
+      for (const pdu of aPdus.slice(half)) a.send(pdu);
+      assert.deepEqual((await waitCommands(a, 1)).map((c) => statusOf(c).status), [0]);
+      b.send(pData(3, cStoreRq(2, CT_IMAGE_STORAGE, '1.2.3.20'), { command: true, last: true }));
+      for (const pdu of dataPdus(3, dataset('1.2.3.20', 300_000), 16384)) b.send(pdu);
+      assert.deepEqual((await waitCommands(b, 2)).map((c) => statusOf(c).status), [0xa700, 0]);
+      assert.deepEqual(stored, ['1.2.3.10', '1.2.3.20']);
+      assert.equal(scp.stats().refused['dataset-too-large'], 1);
+      a.destroy();
+      b.destroy();
+    } finally {
+      await scp.close({ graceMs: 2000 });
+    }
+  });
 });

@@ -7,7 +7,7 @@ import type { Logger } from 'pino';
 import { DEFAULT_SHUTDOWN_GRACE_SECONDS } from '../config/load';
 import { ConfigError, type DicomDestinationConfig, type DicomwebDestinationConfig, type LimitsConfig, type RouterConfig, type TlsClientConfig, type TlsServerConfig } from '../config/types';
 import { DeidPipeline, ImageRejected, RoutedImage, Status } from '../pipeline';
-import { startStorageScp, silenceDimseLibraries, StoreRequest, StoreStart, RunningScp, NetworkLimits } from '../receive';
+import { BufferedDatasets, startStorageScp, silenceDimseLibraries, StoreRequest, StoreStart, RunningScp, NetworkLimits } from '../receive';
 import type { ServerTls } from '../receive/tls';
 import { DurableWriter } from '../deliver/durable-writer';
 import { checkWritableDir, removeTempFiles } from '../deliver/folder';
@@ -365,8 +365,10 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
   const tempSweep = setInterval(() => void sweepTempFiles(), LEFTOVER_SWEEP_MS);
   tempSweep.unref();
 
-  // One SCP per listening endpoint, all with the same AE policy, pipeline and destinations.
+  // One SCP per listening endpoint, all with the same AE policy, pipeline and destinations, and one budget
+  // for the datasets they hold in memory whole (limits.maxBufferedBytesTotal).
   const scps: RunningScp[] = [];
+  const bufferedDatasets = new BufferedDatasets();
   for (const l of c.listeners) {
     scps.push(await startStorageScp({
       host: l.host,
@@ -382,6 +384,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       onRefused: observe.refused,
       onCommitmentRequest: (req) => commitment.handle(req),
       limits: scpLimits(c.limits),
+      bufferedDatasets,
     }).catch(async (e: unknown) => {
       await Promise.all(scps.map((x) => x.close({ graceMs: 0 })));
       return undoStart(e);
@@ -471,6 +474,7 @@ function scpLimits(l: LimitsConfig): Partial<NetworkLimits> {
     maxPduBytes: l.maxPduBytes,
     maxDatasetBytes: l.maxDatasetBytes,
     maxBufferedBytes: l.maxBufferedBytes,
+    maxBufferedBytesTotal: l.maxBufferedBytesTotal,
     idleTimeoutMs: l.idleSeconds * 1000,
     associationTimeLimitMs: l.associationSeconds * 1000,
     associationRequestTimeoutMs: l.associationRequestSeconds * 1000,

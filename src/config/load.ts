@@ -710,6 +710,7 @@ function parseLimits(v: unknown, where: string, p: Problems): LimitsConfig {
     maxPduBytes: DEFAULT_NETWORK_LIMITS.maxPduBytes,
     maxDatasetBytes: DEFAULT_NETWORK_LIMITS.maxDatasetBytes,
     maxBufferedBytes: DEFAULT_NETWORK_LIMITS.maxBufferedBytes,
+    maxBufferedBytesTotal: DEFAULT_NETWORK_LIMITS.maxBufferedBytesTotal,
     maxInflatedBytes: DEFAULT_READ_LIMITS.maxInflatedBytes,
     maxSequenceDepth: DEFAULT_READ_LIMITS.maxSequenceDepth,
     idleSeconds: DEFAULT_NETWORK_LIMITS.idleTimeoutMs / 1000,
@@ -745,6 +746,7 @@ function parseLimits(v: unknown, where: string, p: Problems): LimitsConfig {
   size('maxPduBytes', MIN_PDU_BYTES, MAX_PDU_BYTES);
   size('maxDatasetBytes', 1024, MAX_DATASET_BYTES);
   size('maxBufferedBytes', 1024, MAX_DATASET_BYTES);
+  size('maxBufferedBytesTotal', 1024, Number.MAX_SAFE_INTEGER);
   size('maxInflatedBytes', 1024, MAX_DATASET_BYTES);
   count('maxSequenceDepth', 1, 1000);
   seconds('idleSeconds', 1, 86_400);

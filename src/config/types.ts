@@ -107,6 +107,8 @@ export interface LimitsConfig {
   maxDatasetBytes: number;
   /** A dataset held in memory whole (not streamed) may be at most this. */
   maxBufferedBytes: number;
+  /** All datasets held in memory whole at once, over every association. */
+  maxBufferedBytesTotal: number;
   /** Reader: a deflated dataset may inflate to at most this. */
   maxInflatedBytes: number;
   /** Reader: sequences nested deeper are refused. */

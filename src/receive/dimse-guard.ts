@@ -92,6 +92,11 @@ export class DimseGuard {
     private readonly isProposedContext: (pcId: number) => boolean,
   ) {}
 
+  /** Bytes received so far of the dataset being received (0 between datasets). */
+  get datasetBytes(): number {
+    return this.current?.bytes ?? 0;
+  }
+
   /** True while a dataset is being received (between its command and its last fragment). */
   get receivingDataset(): boolean {
     return this.current !== undefined;

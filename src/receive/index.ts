@@ -10,5 +10,5 @@ export {
 } from './syntaxes';
 export { PduFramer, PduFramingError } from './framer';
 export type { ScpStats, RefusalKind } from './stats';
-export { DEFAULT_NETWORK_LIMITS, MAX_DATASET_BYTES, MIN_PDU_BYTES, MAX_PDU_BYTES } from './limits';
+export { BufferedDatasets, DEFAULT_NETWORK_LIMITS, MAX_DATASET_BYTES, MIN_PDU_BYTES, MAX_PDU_BYTES } from './limits';
 export type { NetworkLimits } from './limits';

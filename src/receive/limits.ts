@@ -13,6 +13,10 @@ export interface NetworkLimits {
   /** Largest dataset held in memory whole (one that cannot be streamed: deflated, unreadable before its bulk
    * data, or with no streaming store). Bigger: the same 0xA700. */
   maxBufferedBytes: number;
+  /** All datasets held in memory whole at one moment, over every association. An image that would take the
+   * sum beyond it is answered the same 0xA700 (the sender tries again later), so that many callers sending
+   * large unstreamable images at once cannot take more memory than this. */
+  maxBufferedBytesTotal: number;
   /** An association with no PDU received for this long, and nothing being stored, is aborted. */
   idleTimeoutMs: number;
   /** An association open this long is aborted at its next quiet moment (nothing being stored). */
@@ -32,6 +36,7 @@ export const DEFAULT_NETWORK_LIMITS: Readonly<NetworkLimits> = {
   maxPduBytes: 262144,
   maxDatasetBytes: 1024 * 1024 * 1024,
   maxBufferedBytes: 256 * 1024 * 1024,
+  maxBufferedBytesTotal: 512 * 1024 * 1024,
   idleTimeoutMs: 300_000,
   associationTimeLimitMs: 3_600_000,
   associationRequestTimeoutMs: 30_000,
@@ -43,6 +48,31 @@ export const DEFAULT_NETWORK_LIMITS: Readonly<NetworkLimits> = {
  */
 export function maxConnections(limits: NetworkLimits): number {
   return 2 * limits.maxAssociations + 16;
+}
+
+/** Whatever holds a dataset in memory whole (an association receiving one), with its current size. */
+export interface BufferHolder {
+  readonly bufferedBytes: number;
+}
+
+/** The datasets held in memory whole now, over every association of every endpoint sharing this
+ * (limits.maxBufferedBytesTotal). Summed on demand: a few dozen associations at most. */
+export class BufferedDatasets {
+  private readonly holders = new Set<BufferHolder>();
+
+  add(h: BufferHolder): void {
+    this.holders.add(h);
+  }
+
+  delete(h: BufferHolder): void {
+    this.holders.delete(h);
+  }
+
+  heldExcept(h: BufferHolder): number {
+    let n = 0;
+    for (const x of this.holders) if (x !== h) n += x.bufferedBytes;
+    return n;
+  }
 }
 
 /** Counts open associations, in total and per calling AE title (case-insensitive). */

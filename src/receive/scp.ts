@@ -20,7 +20,7 @@ import type { Logger } from 'pino';
 import { encodeCommandPData, encodeCStoreRspCommand, encodeNEventReportRqCommand, encodePData, encodeResponseCommand } from './dimse';
 import { COMMAND, DimseGuard, GuardStep, type CommandInfo } from './dimse-guard';
 import { PDataReceiver, type PDataHandler } from './pdata';
-import { AssociationSlots, DEFAULT_NETWORK_LIMITS, MAX_PDU_BYTES, MIN_PDU_BYTES, NetworkLimits, maxConnections } from './limits';
+import { AssociationSlots, BufferedDatasets, DEFAULT_NETWORK_LIMITS, MAX_PDU_BYTES, MIN_PDU_BYTES, NetworkLimits, maxConnections } from './limits';
 import { PduFramer, PduFramingError } from './framer';
 import { checkAssociateRq, associateRjPdu, abortPdu } from './associate-rq';
 import { countRefusal, newScpStats, snapshotStats, RefusalKind, ScpStats } from './stats';
@@ -109,6 +109,8 @@ interface ServerState {
   limits: NetworkLimits;
   slots: AssociationSlots;
   connections: Set<Connection>;
+  /** Datasets held in memory whole, over this endpoint's associations and those of endpoints sharing it. */
+  buffered: BufferedDatasets;
   closing: boolean;
   nextAssociationId: number;
   /** C-STOREs handed to onStore and not yet settled, over all connections. */
@@ -180,6 +182,11 @@ class Connection {
 
   get writable(): boolean {
     return !this.closed && !this.socket.destroyed && this.socket.writable;
+  }
+
+  /** Bytes of the dataset being received if it is held in memory whole (limits.maxBufferedBytesTotal). */
+  get bufferedBytes(): number {
+    return this.pdata?.receiving?.holdsWholeDataset ? (this.dimseGuard?.datasetBytes ?? 0) : 0;
   }
 
   /** Whether an N-EVENT-REPORT sent now could still be answered on this association. */
@@ -278,6 +285,7 @@ class Connection {
     this.setResult('closed');
     this.failAwaitedReports('the association ended before the N-EVENT-REPORT-RSP');
     this.server.connections.delete(this);
+    this.server.buffered.delete(this);
     if (this.holdsSlot) {
       this.holdsSlot = false;
       this.server.slots.release(this.callingAe);
@@ -457,7 +465,7 @@ class StorageScp extends Scp {
           conn.server.inFlight--;
         }
         countRefused(conn.server, 'dataset-too-large', conn.callingAe);
-        log.warn({ associationId: conn.id, callingAe: conn.callingAe, refusal: 'dataset-too-large', bytes: step.bytes, limits: { maxDatasetBytes: conn.server.limits.maxDatasetBytes, maxBufferedBytes: conn.server.limits.maxBufferedBytes } }, 'C-STORE dataset over the limit: dropping it, will answer 0xA700');
+        log.warn({ associationId: conn.id, callingAe: conn.callingAe, refusal: 'dataset-too-large', bytes: step.bytes, limits: { maxDatasetBytes: conn.server.limits.maxDatasetBytes, maxBufferedBytes: conn.server.limits.maxBufferedBytes, maxBufferedBytesTotal: conn.server.limits.maxBufferedBytesTotal, heldByOthers: conn.server.buffered.heldExcept(conn) } }, 'C-STORE dataset over the limit: dropping it, will answer 0xA700');
         return;
       }
       case 'answer-too-large':
@@ -580,9 +588,15 @@ class StorageScp extends Scp {
     conn.associated = true;
     conn.associatedAt = Date.now();
     const proposed = new Set(association.getPresentationContexts().map((c) => c.id));
-    const { maxDatasetBytes, maxBufferedBytes } = conn.server.limits;
-    const datasetLimit = (): number => (conn.pdata.receiving?.holdsWholeDataset ? Math.min(maxDatasetBytes, maxBufferedBytes) : maxDatasetBytes);
+    const { maxDatasetBytes, maxBufferedBytes, maxBufferedBytesTotal } = conn.server.limits;
+    // A dataset held in memory whole gets its own limit and what the other associations leave of the
+    // server-wide budget (an O(associations) sum, per PDU of such a dataset only).
+    const datasetLimit = (): number =>
+      conn.pdata.receiving?.holdsWholeDataset
+        ? Math.min(maxDatasetBytes, maxBufferedBytes, Math.max(0, maxBufferedBytesTotal - conn.server.buffered.heldExcept(conn)))
+        : maxDatasetBytes;
     conn.dimseGuard = new DimseGuard(datasetLimit, (pcId) => proposed.has(pcId));
+    conn.server.buffered.add(conn);
     conn.dimseGuard.allowNAction = conn.server.opts.onCommitmentRequest !== undefined;
     conn.dimseGuard.awaitsResponse = (_field, messageId) => conn.awaitedReports.has(messageId);
     conn.server.stats.associationsAccepted++;
@@ -792,6 +806,7 @@ export async function startStorageScp(opts: ScpOptions): Promise<RunningScp> {
     limits,
     slots: new AssociationSlots(limits),
     connections: new Set(),
+    buffered: opts.bufferedDatasets ?? new BufferedDatasets(),
     closing: false,
     nextAssociationId: 1,
     inFlight: 0,

@@ -3,7 +3,7 @@ import type { ServerTls } from './tls';
 import type { Logger } from 'pino';
 import type { AssociationSummary, RefusalEvent } from '../observe/events';
 import type { ScpStats } from './stats';
-import type { NetworkLimits } from './limits';
+import type { BufferedDatasets, NetworkLimits } from './limits';
 
 /** A C-STORE whose dataset is arriving: what the command and the association say. */
 export interface StoreStart {
@@ -86,6 +86,9 @@ export interface ScpOptions {
   idleTimeoutMs?: number;
   /** Network limits (router.yaml `limits`); each one not given keeps its default (src/receive/limits.ts). */
   limits?: Partial<NetworkLimits>;
+  /** Shared by the endpoints of one process, so that limits.maxBufferedBytesTotal bounds them together
+   * (default: this endpoint's own). */
+  bufferedDatasets?: BufferedDatasets;
   /** DICOM TLS on this endpoint (PEM contents). */
   tls?: ServerTls;
   /** Told of every association when it ends (metrics, status page). */
