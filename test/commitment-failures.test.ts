@@ -3,7 +3,8 @@
 //   with Processing failure (0x0110, PS3.3 C.14.1.1), and the request leaves state/commitment/requests;
 // - an image the PACS refused until it became a dead letter is reported failed (0x0110), while the other
 //   image of the same request, accepted by the PACS, and an image quarantined by policy (unknownStudy:
-//   quarantine) are reported committed.
+//   quarantine) are reported committed; sent again and taken by the PACS, the failed image is committed
+//   (its earlier dead letter no longer counts).
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'fs';
@@ -104,7 +105,7 @@ describe('storage commitment failures', { skip }, () => {
     }
   });
 
-  test('dead letter: the refused image is reported failed (0x0110), the one the PACS took and one quarantined by policy committed', async () => {
+  test('dead letter: the refused image is reported failed (0x0110), the one the PACS took and one quarantined by policy committed; sent again and stored, committed', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'deid-commit-fail-dead-'));
     const routerPort = await freePort();
     const downPort = await freePort();
@@ -140,17 +141,17 @@ describe('storage commitment failures', { skip }, () => {
       await node.stop();
     }
 
-    // Run 2, a PACS that refuses that image every time (0xA900: data set does not match SOP class, not a
-    // transient status): after its attempts it becomes a dead letter; the other image is stored.
+    // Run 2, a PACS that refuses that image three times (0xA900: data set does not match SOP class, not a
+    // transient status): after its three attempts it becomes a dead letter; the other image is stored.
     let pacs: RefusingScp | undefined;
     let m: Modality | undefined;
     try {
-      pacs = await startRefusingScp({ refuseSopInstanceUid: newRefusedUid, status: 0xa900 });
+      pacs = await startRefusingScp({ refuseSopInstanceUid: newRefusedUid, status: 0xa900, refuseTimes: 3 });
       writeConfig(file, dir, routerPort, pacs.port, extra);
       config = loadConfig(file, {});
       node = await startNode(config, SALT, silentLogger());
       await waitFor(() => dcmFiles(deadDir).length === 1 && dcmFiles(spoolDir).length === 0, 30_000, 'the refused image dead-lettered, the other delivered');
-      assert.ok(pacs.refusedCount >= 1);
+      assert.equal(pacs.refusedCount, 3, 'refused on each of its three attempts');
       assert.equal(pacs.received.size, 2, 'only the two images of the configured study reached the PACS');
       assert.ok(pacs.received.has(newRefusedUid));
 
@@ -164,6 +165,17 @@ describe('storage commitment failures', { skip }, () => {
       });
       m.answer(report.messageId, 0x0000);
       await waitFor(() => requestFiles().length === 0, 10_000, 'the request file removed once the report was acknowledged');
+
+      // The technologist sends the failed image again, and the PACS now takes it (it refused only its first
+      // three copies): the earlier dead letter no longer speaks for the instance, which is committed.
+      await storescu(routerPort, [refused.path]);
+      await waitFor(() => dcmFiles(spoolDir).length === 0, 30_000, 'the resent image delivered');
+      assert.equal(pacs.refusedCount, 3, 'the resent copy was not refused');
+      assert.equal(await m.request(2, '2.25.61201', [[CT, refused.uid]]), 0x0000);
+      const again = await m.nextReport(2, 20_000);
+      assert.deepEqual(again.result, { eventTypeId: 1, transactionUid: '2.25.61201', committed: [refused.uid], failed: [] });
+      m.answer(again.messageId, 0x0000);
+      await waitFor(() => requestFiles().length === 0, 10_000, 'the second request file removed');
       await m.release();
       m = undefined;
     } finally {

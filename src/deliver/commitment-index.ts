@@ -5,7 +5,9 @@
 //
 // Whether an instance is durable is read from the delivery state on disk at the time of asking:
 // folder destination: written before the sender was answered; dicom/dicomweb: committed once its spool
-// file is gone, failed while it is a dead letter, pending while it is spooled.
+// file is gone, failed while it is a dead letter, pending while it is spooled. A dead letter left by an
+// earlier copy (the modality sent the instance again after it was reported failed, which rewrites the
+// entry) does not speak for the copy received since: it counts only when it was made after the entry.
 //
 // Durability: an entry is written (temp file, rename) without an fsync of its own, so that the C-STORE path
 // pays no extra fsync per image. Before a report claims instances committed, their entries and the index
@@ -14,7 +16,7 @@
 // makes the instance "never received" (failed), and the modality sends it again.
 //
 // Layout: <stateDir>/commitment/index/<hex>.json
-import { existsSync, readFileSync, promises as fsp } from 'fs';
+import { existsSync, readFileSync, statSync, promises as fsp } from 'fs';
 import { open } from 'fs/promises';
 import { randomBytes } from 'crypto';
 import { createHmac } from 'crypto';
@@ -122,11 +124,24 @@ export class CommitmentIndex {
     for (const [name, type, uid] of entry.d ?? []) {
       if (type === 'folder') continue;
       const id = spoolId(uid);
-      if (existsSync(join(this.stateDir, 'deadletter', name, `${id}.dcm`))) {
+      if (this.deadLetterOfThisCopy(name, id, file)) {
         return { state: 'failed', reason: FAILURE.ProcessingFailure, why: `refused by destination ${name} (dead letter)` };
       }
       if (existsSync(join(this.stateDir, 'spool', name, `${id}.dcm`))) pending = true;
     }
     return pending ? { state: 'pending' } : { state: 'committed' };
+  }
+
+  /** Whether the destination dead-lettered the copy the entry describes: its reason file (written when the
+   * image became a dead letter) is not older than the entry. Without a readable reason file, any dead letter
+   * counts (reporting failed is the safe side: the modality sends again). */
+  private deadLetterOfThisCopy(destination: string, id: string, entryFile: string): boolean {
+    const dir = join(this.stateDir, 'deadletter', destination);
+    if (!existsSync(join(dir, `${id}.dcm`))) return false;
+    try {
+      return statSync(join(dir, `${id}.reason.json`)).mtimeMs >= statSync(entryFile).mtimeMs;
+    } catch {
+      return true;
+    }
   }
 }
