@@ -142,6 +142,25 @@ describe('storage commitment result on the requesting association', { skip }, ()
       assert.equal(m5.reports().length, 1, 'refused requests get no report');
       await m5.release();
       assert.equal(station.reports.length, 2);
+
+      // 6. A modality that never acknowledges its report (the router waits up to 30 s for it there) holds up
+      //    only its own report: another modality's comes meanwhile.
+      const m6 = await Modality.open(routerPort);
+      open.push(m6);
+      assert.equal(await m6.request(1, '2.25.1011', [[CT, variants[0].sopInstanceUid]]), 0x0000);
+      const r6 = await m6.nextReport(1, 10_000);
+      assert.equal(r6.result.transactionUid, '2.25.1011');
+      const m7 = await Modality.open(routerPort);
+      open.push(m7);
+      assert.equal(await m7.request(1, '2.25.1012', [[CT, variants[1].sopInstanceUid]]), 0x0000);
+      const r7 = await m7.nextReport(1, 10_000);
+      assert.deepEqual(r7.result, { eventTypeId: 1, transactionUid: '2.25.1012', committed: [variants[1].sopInstanceUid], failed: [] });
+      m7.answer(r7.messageId, 0x0000);
+      await waitFor(() => pendingFiles() === 1, 10_000, 'the answered request removed, the unanswered one kept');
+      m6.answer(r6.messageId, 0x0000);
+      await waitFor(() => pendingFiles() === 0, 10_000, 'both removed');
+      await m6.release();
+      await m7.release();
     } finally {
       for (const m of open) m.peer.destroy();
       await node.stop();

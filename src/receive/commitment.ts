@@ -100,6 +100,8 @@ export class CommitmentService {
   private readonly channels = new Map<string, { channel: CommitmentReplyChannel; transferSyntaxUid: string }>();
   private timer: NodeJS.Timeout | undefined;
   private busy = false;
+  /** Requests whose report is being sent. */
+  private readonly reporting = new Set<string>();
 
   constructor(private readonly opts: CommitmentServiceOptions) {
     this.dir = join(opts.stateDir, 'commitment', 'requests');
@@ -162,35 +164,42 @@ export class CommitmentService {
       // Entries of instances answered just before the request may still be on their way to disk.
       await this.opts.index.settled();
       for (const [name, r] of [...this.pending]) {
-        if (r.retryAt && r.retryAt > now) continue;
+        if (this.reporting.has(name) || (r.retryAt && r.retryAt > now)) continue;
         const states = r.items.map(([, uid]) => this.opts.index.stateOf(uid));
         const waiting = states.some((s) => s.state === 'pending');
         if (waiting && now < r.deadline) continue;
-        const ok: Array<[string, string]> = [];
-        const failed: Array<[string, string, number]> = [];
+        const ok: Committed = [];
+        const failed: Failed = [];
         r.items.forEach(([cls, uid], i) => {
           const s = states[i];
           if (s.state === 'committed') ok.push([cls, uid]);
           else failed.push([cls, uid, s.state === 'failed' ? s.reason : FAILURE.ProcessingFailure]);
         });
-        try {
-          // What the report claims committed must stay so: its index entries are made durable first.
-          await this.opts.index.makeDurable(ok.map(([, uid]) => uid));
-          const via = await this.report(name, r, ok, failed);
-          this.pending.delete(name);
-          try {
-            unlinkSync(join(this.dir, name));
-          } catch {
-            /* gone */
-          }
-          this.log.info({ callingAe: r.callingAe, committed: ok.length, failed: failed.length, timedOut: waiting, association: via }, 'storage commitment reported');
-        } catch (e) {
-          r.retryAt = Date.now() + 5000;
-          this.log.warn({ callingAe: r.callingAe, err: errorMessage(e) }, 'storage commitment report not delivered; will retry');
-        }
+        // Each report on its own: a modality slow to acknowledge (up to the 30 s wait on its association)
+        // or a report address that is down holds up only its own report, not the others'.
+        this.reporting.add(name);
+        void this.settle(name, r, ok, failed, waiting).finally(() => this.reporting.delete(name));
       }
     } finally {
       this.busy = false;
+    }
+  }
+
+  private async settle(name: string, r: PendingRequest, ok: Committed, failed: Failed, timedOut: boolean): Promise<void> {
+    try {
+      // What the report claims committed must stay so: its index entries are made durable first.
+      await this.opts.index.makeDurable(ok.map(([, uid]) => uid));
+      const via = await this.report(name, r, ok, failed);
+      this.pending.delete(name);
+      try {
+        unlinkSync(join(this.dir, name));
+      } catch {
+        /* gone */
+      }
+      this.log.info({ callingAe: r.callingAe, committed: ok.length, failed: failed.length, timedOut, association: via }, 'storage commitment reported');
+    } catch (e) {
+      r.retryAt = Date.now() + 5000;
+      this.log.warn({ callingAe: r.callingAe, err: errorMessage(e) }, 'storage commitment report not delivered; will retry');
     }
   }
 
