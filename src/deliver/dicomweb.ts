@@ -10,15 +10,14 @@
 //   (exponential, full jitter).
 // - The same spool as a dicom destination: an image is deleted only after the archive took it (at least once).
 // Logs carry new SOP instance UIDs, HTTP statuses and counts only; never credentials or dataset values.
+// The queue itself (spool entries, scans, backoff, worker restarts, dead letters) is SpoolDrainer's.
 import * as http from 'node:http';
 import * as https from 'node:https';
-import type { Logger } from 'pino';
 import { loadTls, type DicomDestination } from './forwarder';
-import { Part10Error, Spool, statusHex, type OpenedItem, type SpoolEntry } from './spool';
+import { statusHex, type OpenedItem } from './spool';
 import { errorMessage } from '../observe/errors';
-import type { ForwardEvent } from '../observe/events';
 import { displayUrl, stowUrl } from './dicomweb-url';
-import { Sleeper } from './sleeper';
+import { SpoolDrainer, type SpoolDrainerOptions } from './spool-drainer';
 
 export interface DicomwebDestination {
   name: string;
@@ -30,20 +29,10 @@ export interface DicomwebDestination {
   maxConnections?: number;
 }
 
-export interface StowQueueOptions {
+export interface StowQueueOptions extends SpoolDrainerOptions {
   destination: DicomwebDestination;
-  spool: Spool;
-  logger: Logger;
-  /** Backoff while the archive is unreachable or failing (default 1 s → 60 s). */
-  backoff?: { initialMs: number; maxMs: number };
   /** Whole request (upload and answer) timeout (default 120 s). */
   requestTimeoutMs?: number;
-  /** Rescan the spool folder at least this often when idle (default 5 s). */
-  rescanIntervalMs?: number;
-  /** Backlog log period while there is a backlog (default 30 s). */
-  statsIntervalMs?: number;
-  /** Each image that leaves the spool (as the C-STORE forwarder reports it). */
-  onOutcome?: (e: Omit<ForwardEvent, 'destination'>) => void;
 }
 
 /** What one STOW-RS request said about our instance. */
@@ -101,216 +90,65 @@ export function stowOutcome(httpStatus: number, body: unknown, sopInstanceUid: s
   return { kind: 'retry', reason: `unexpected HTTP ${httpStatus}` };
 }
 
-interface Tracked {
-  size: number;
-  mtimeMs: number;
-  state: 'pending' | 'inflight' | 'delayed';
-}
-
-export class StowQueue {
+export class StowQueue extends SpoolDrainer {
+  protected readonly kind = 'STOW-RS';
   private readonly dest: DicomwebDestination;
-  private readonly spool: Spool;
-  private readonly log: Logger;
-  private readonly backoff: { initialMs: number; maxMs: number };
   private readonly requestTimeoutMs: number;
-  private readonly rescanIntervalMs: number;
-  private readonly statsIntervalMs: number;
   private readonly endpoint: URL;
-  private readonly onOutcome: StowQueueOptions['onOutcome'];
   private agent: http.Agent | undefined;
 
-  private known = new Map<string, Tracked>();
-  private pending: string[] = [];
-  private running = false;
-  private stopping = false;
-  private workers: Promise<void>[] = [];
-  private readonly sleeper = new Sleeper();
-  private scanRequested = true;
-  private lastScanAt = 0;
-  private scanning: Promise<void> | undefined;
-  private state: 'unknown' | 'up' | 'down' = 'unknown';
-  private consecutiveFailures = 0;
-  private nextAttemptAt = 0;
-  private deadLetters = 0;
-  private statsTimer: NodeJS.Timeout | undefined;
-
   constructor(opts: StowQueueOptions) {
+    super(opts, opts.destination.name);
     this.dest = opts.destination;
-    this.spool = opts.spool;
-    this.log = opts.logger.child({ destination: opts.destination.name });
-    this.backoff = opts.backoff ?? { initialMs: 1000, maxMs: 60000 };
     this.requestTimeoutMs = opts.requestTimeoutMs ?? 120_000;
-    this.rescanIntervalMs = opts.rescanIntervalMs ?? 5000;
-    this.statsIntervalMs = opts.statsIntervalMs ?? 30_000;
     this.endpoint = stowUrl(opts.destination.url);
-    this.onOutcome = opts.onOutcome;
   }
 
-  start(): void {
-    if (this.running) return;
-    this.running = true;
-    this.stopping = false;
-    const n = Math.max(1, this.dest.maxConnections ?? 2);
-    const agentOpts = { keepAlive: true, maxSockets: n };
+  protected workerCount(): number {
+    return this.dest.maxConnections ?? 2;
+  }
+
+  protected override onStart(): void {
+    const agentOpts = { keepAlive: true, maxSockets: Math.max(1, this.workerCount()) };
     this.agent = this.endpoint.protocol === 'https:'
       ? new https.Agent({ ...agentOpts, ...(this.dest.tls ? loadTls(this.dest.tls) : {}) })
       : new http.Agent(agentOpts);
-    void this.spool.deadLetterCount().then((c) => (this.deadLetters = c), () => undefined);
-    for (let i = 0; i < n; i++) {
-      this.workers.push(this.worker().catch((e: unknown) => this.log.error({ err: errorMessage(e) }, 'STOW-RS worker crashed')));
-    }
-    this.statsTimer = setInterval(() => this.logBacklog('periodic'), this.statsIntervalMs);
-    this.statsTimer.unref();
   }
 
-  /** A new image was spooled (its entry queues it at once; without one the folder is rescanned). */
-  notify(entry?: SpoolEntry): void {
-    if (entry) {
-      const k = this.known.get(entry.id);
-      if (!k) {
-        this.known.set(entry.id, { size: entry.size, mtimeMs: entry.mtimeMs, state: 'pending' });
-        this.pending.push(entry.id);
-      } else if (k.state !== 'pending') this.scanRequested = true;
-    } else this.scanRequested = true;
-    this.wakeAll();
-  }
-
-  /** Let each request in flight finish, then stop. */
-  async stop(): Promise<void> {
-    if (!this.running) return;
-    this.stopping = true;
-    this.wakeAll();
-    await Promise.all(this.workers);
-    this.workers = [];
-    this.running = false;
-    if (this.statsTimer) clearInterval(this.statsTimer);
+  /** Destroying the agent's sockets ends the requests in flight; their images stay spooled. */
+  protected override abortInFlight(): void {
     this.agent?.destroy();
   }
 
-  stats(): { backlog: number; oldestAgeMs: number; inFlight: number; deadLetters: number } {
-    const now = Date.now();
-    let inFlight = 0;
-    let oldest = now;
-    for (const k of this.known.values()) {
-      if (k.state === 'inflight') inFlight++;
-      if (k.mtimeMs < oldest) oldest = k.mtimeMs;
-    }
-    return { backlog: this.known.size, oldestAgeMs: now - oldest, inFlight, deadLetters: this.deadLetters };
+  protected override onStopped(): void {
+    this.agent?.destroy();
   }
 
-  get destinationState(): 'unknown' | 'up' | 'down' {
-    return this.state;
+  protected override backlogLogFields(): Record<string, unknown> {
+    return { url: displayUrl(this.dest.url) };
   }
 
-  // ---------------------------------------------------------------- scheduling
-
-  private wakeAll(): void {
-    this.sleeper.wakeAll();
-  }
-
-  private sleep(ms: number): Promise<void> {
-    return this.stopping ? Promise.resolve() : this.sleeper.sleep(ms);
-  }
-
-
-  private scan(): Promise<void> {
-    if (!this.scanning) {
-      this.scanRequested = false;
-      this.lastScanAt = Date.now();
-      this.scanning = (async () => {
-        const fresh: SpoolEntry[] = [];
-        for (const id of await this.spool.listIds()) {
-          if (this.known.has(id)) continue;
-          const e = await this.spool.statEntry(id);
-          if (e && !this.known.has(id)) fresh.push(e);
-        }
-        fresh.sort((a, b) => a.mtimeMs - b.mtimeMs);
-        for (const e of fresh) {
-          this.known.set(e.id, { size: e.size, mtimeMs: e.mtimeMs, state: 'pending' });
-          this.pending.push(e.id);
-        }
-      })().finally(() => (this.scanning = undefined));
-    }
-    return this.scanning;
-  }
-
-  private async claim(): Promise<string | undefined> {
-    if (this.scanRequested || (this.pending.length === 0 && Date.now() - this.lastScanAt >= this.rescanIntervalMs)) await this.scan();
-    while (this.pending.length) {
-      const id = this.pending.shift()!;
-      const k = this.known.get(id);
-      if (!k || k.state !== 'pending') continue;
-      k.state = 'inflight';
-      return id;
-    }
-    return undefined;
-  }
-
-  private requeue(id: string): void {
-    const k = this.known.get(id);
-    if (!k) return;
-    k.state = 'pending';
-    this.pending.unshift(id);
-  }
-
-  private markUp(): void {
-    this.consecutiveFailures = 0;
-    this.nextAttemptAt = 0;
-    if (this.state !== 'up') {
-      this.state = 'up';
-      this.logBacklog('destination up');
-    }
-  }
-
-  private markDown(reason: string): void {
-    this.consecutiveFailures++;
-    const cap = Math.min(this.backoff.maxMs, this.backoff.initialMs * 2 ** Math.min(this.consecutiveFailures, 30));
-    const delay = Math.random() * cap; // full jitter
-    this.nextAttemptAt = Math.max(this.nextAttemptAt, Date.now() + delay);
-    if (this.state !== 'down') {
-      this.state = 'down';
-      this.logBacklog('destination down', { err: reason });
-    } else this.log.debug({ err: reason, retryInMs: Math.round(delay) }, 'destination still down');
-  }
-
-  private logBacklog(event: string, extra: Record<string, unknown> = {}): void {
-    const s = this.stats();
-    if (event === 'periodic' && s.backlog === 0) return;
-    this.log[event === 'destination down' ? 'warn' : 'info'](
-      { event, state: this.state, url: displayUrl(this.dest.url), ...s, ...extra },
-      `STOW-RS ${this.dest.name}: ${event}, backlog ${s.backlog}`,
-    );
+  /** The archive answered: it is up, and the backoff starts again from the beginning. */
+  private answered(): void {
+    this.resetBackoff();
+    this.markUp();
   }
 
   // ---------------------------------------------------------------- the worker
 
-  private async worker(): Promise<void> {
+  protected async worker(): Promise<void> {
     while (!this.stopping) {
       const wait = this.nextAttemptAt - Date.now();
       if (wait > 0) {
         await this.sleep(wait);
         continue;
       }
-      const id = await this.claim();
-      if (id === undefined) {
-        await this.sleep(this.rescanIntervalMs);
-        if (!this.stopping) this.scanRequested = true;
-        continue;
-      }
-      let item: OpenedItem | undefined;
-      try {
-        item = await this.spool.open(id);
-      } catch (e) {
-        if (e instanceof Part10Error) await this.toDeadLetter(id, `unreadable spool file: ${e.message}`);
-        else {
-          this.log.error({ sopInstanceUid: id, err: errorMessage(e) }, 'cannot open spool file; will retry');
-          this.requeue(id);
-          await this.sleep(this.backoff.maxMs);
-        }
-        continue;
-      }
+      const [item] = await this.claim(1);
       if (!item) {
-        this.known.delete(id);
+        if (this.pending.length) continue; // the one claimed could not be opened; try the next
+        const due = this.promoteDue();
+        await this.sleep(Math.min(this.rescanIntervalMs, due ? due - Date.now() : Infinity));
+        if (!this.stopping) this.scanRequested = true;
         continue;
       }
       let outcome: StowOutcome;
@@ -320,25 +158,17 @@ export class StowQueue {
         outcome = { kind: 'retry', reason: errorMessage(e) };
       }
       if (outcome.kind === 'stored') {
-        this.markUp();
+        this.answered();
         if (outcome.warning) this.log.warn({ sopInstanceUid: item.sopInstanceUid, warning: outcome.warning }, 'stored with warning');
         else this.log.debug({ sopInstanceUid: item.sopInstanceUid }, 'stored');
-        try {
-          if (await this.spool.ack(item)) {
-            this.known.delete(id);
-            this.onOutcome?.({ outcome: 'forwarded', status: 0, bytes: item.size });
-          } else this.requeue(id); // replaced by a newer copy meanwhile: send that one too
-        } catch (e) {
-          this.log.error({ sopInstanceUid: item.sopInstanceUid, err: errorMessage(e) }, 'cannot delete delivered spool file; it will be sent again');
-          this.requeue(id);
-        }
+        await this.delivered(item, 0);
       } else if (outcome.kind === 'refused') {
-        this.markUp(); // the archive answered: it is up
+        this.answered();
         await this.spool.release(item);
-        await this.toDeadLetter(id, outcome.reason, outcome.failureReason ?? null);
+        await this.toDeadLetter(item.id, outcome.failureReason ?? null, outcome.reason, 1);
       } else {
         await this.spool.release(item);
-        this.requeue(id);
+        this.unclaim(item.id, true);
         this.markDown(outcome.reason);
       }
     }
@@ -388,17 +218,5 @@ export class StowQueue {
       file.on('end', () => req.end(tail));
       file.pipe(req, { end: false });
     });
-  }
-
-  private async toDeadLetter(id: string, message: string, status: number | null = null): Promise<void> {
-    try {
-      await this.spool.deadLetter(id, { status, message, attempts: 1, sopInstanceUid: id });
-      this.deadLetters++;
-      this.onOutcome?.({ outcome: 'dead-letter', status, bytes: 0 });
-      this.log.error({ sopInstanceUid: id, message }, 'image moved to dead letters');
-    } catch (e) {
-      this.log.error({ sopInstanceUid: id, err: errorMessage(e) }, 'cannot move image to dead letters');
-    }
-    this.known.delete(id);
   }
 }

@@ -1,4 +1,4 @@
-// The waits of a spool-draining queue (ForwardQueue, DicomwebQueue): a worker sleeps for a backoff
+// The waits of a spool-draining queue (SpoolDrainer): a worker sleeps for a backoff
 // or until new work; new work, or stop, wakes every sleeper at once.
 export class Sleeper {
   private wakers = new Set<() => void>();
