@@ -1,7 +1,7 @@
 // Batch throughput benchmark: our `anonymize` command against gdcmanon (GDCM, PS3.15 basic profile).
 //
 //   npm run build && npx tsc -p tsconfig.test.json
-//   node .build-test/bench/batch-bench.js [--files 2000] [--runs 1] [--keep]
+//   node .build-test/bench/batch-bench.js [--files 2000] [--runs 1] [--keep] [--cli PATH] [--baseline PATH]
 //
 // Builds an input tree of >= --files DICOM files in a temp dir by copying the corpus
 // (DEID_PHI_DIR, else the one generated from test/data/corpus, see test/helpers/corpus.ts) into rep0001/,
@@ -201,13 +201,16 @@ async function main(): Promise<number> {
       keep: { type: 'boolean', default: false },
       'same-uids': { type: 'boolean', default: false },
       cli: { type: 'string' },
+      baseline: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
   if (values.help) {
-    process.stdout.write('usage: node .build-test/bench/batch-bench.js [--files N (2000)] [--runs K (1)] [--keep] [--same-uids] [--cli PATH]\n' +
-      '  --same-uids  plain copies: every rep holds the same SOP instances (ours then writes each once)\n' +
-      '  --cli PATH   our cli.js to time (default dist/cli.js), e.g. a copy of an earlier build\n');
+    process.stdout.write('usage: node .build-test/bench/batch-bench.js [--files N (2000)] [--runs K (1)] [--keep] [--same-uids] [--cli PATH] [--baseline PATH]\n' +
+      '  --same-uids      plain copies: every rep holds the same SOP instances (ours then writes each once)\n' +
+      '  --cli PATH       our cli.js to time (default dist/cli.js), e.g. a copy of an earlier build\n' +
+      '  --baseline PATH  also time this cli.js (e.g. a copy of dist/ from before a change, kept inside the\n' +
+      '                   repo) in the same runs, as "base", with its own ratio: A/B under the same load\n');
     return 0;
   }
   const wanted = parseInt(values.files ?? '2000', 10);
@@ -218,6 +221,8 @@ async function main(): Promise<number> {
   const cli = values.cli ? resolve(values.cli) : join(repo, 'dist', 'cli.js');
   const config = join(repo, 'config');
   if (!existsSync(cli)) die(`${cli} not found: run "npm run build" first (and run this from the repo root)`);
+  const baseline = values.baseline ? resolve(values.baseline) : undefined;
+  if (baseline && !existsSync(baseline)) die(`--baseline ${baseline} not found`);
   if (!existsSync(config)) die(`${config} not found: run this from the repo root`);
   const corpus = process.env.DEID_PHI_DIR ?? phiCorpusDir();
   if (!existsSync(corpus)) die(`corpus ${corpus} not found (DEID_PHI_DIR)`);
@@ -312,6 +317,7 @@ async function main(): Promise<number> {
     const salt = `bench-${Date.now()}-${randomBytes(8).toString('hex')}-salt`;
     const ours: RunResult[] = [];
     const theirs: RunResult[] = [];
+    const bases: RunResult[] = [];
     let oursQuarantine = '';
     let oursOut = '';
     let theirOut = '';
@@ -320,9 +326,10 @@ async function main(): Promise<number> {
       const out1 = join(work, `out-ours-${i}`);
       const q = join(work, `q-${i}`);
       const out2 = join(work, `out-gdcmanon-${i}`);
-      const runOurs = async () => {
-        const r = await timed('ours', process.execPath, [cli, 'anonymize', '--config', config, input, out1, '--quarantine', q], {
-          cwd: repo, env: { ...process.env, DEID_SALT: salt }, timeFile: join(work, `time-ours-${i}.txt`), files: nFiles, bytes: nBytes,
+      const runOurs = async (path = cli, tag = 'ours') => {
+        const o = tag === 'ours' ? out1 : join(work, `out-${tag}-${i}`);
+        const r = await timed(tag, process.execPath, [path, 'anonymize', '--config', config, input, o, '--quarantine', tag === 'ours' ? q : join(work, `q-${tag}-${i}`)], {
+          cwd: repo, env: { ...process.env, DEID_SALT: salt }, timeFile: join(work, `time-${tag}-${i}.txt`), files: nFiles, bytes: nBytes,
         });
         spawnSync('sync'); // the other tool should not pay for this one's write-back
         return r;
@@ -337,16 +344,21 @@ async function main(): Promise<number> {
       // Alternate which tool goes first, so that neither always runs right after the set-up.
       let o: RunResult;
       let g: RunResult;
+      let b: RunResult | undefined;
       if (i % 2) {
         o = await runOurs();
         g = await runTheirs();
+        if (baseline) b = await runOurs(baseline, 'base');
       } else {
+        if (baseline) b = await runOurs(baseline, 'base');
         g = await runTheirs();
         o = await runOurs();
       }
       ours.push(o);
       theirs.push(g);
-      process.stdout.write(`run ${i}/${runs}: ours ${o.seconds.toFixed(2)} s (exit ${o.exitCode}), gdcmanon ${g.seconds.toFixed(2)} s (exit ${g.exitCode})\n`);
+      if (b) bases.push(b);
+      process.stdout.write(`run ${i}/${runs}: ours ${o.seconds.toFixed(2)} s (exit ${o.exitCode}), gdcmanon ${g.seconds.toFixed(2)} s (exit ${g.exitCode})` +
+        `${b ? `, base ${b.seconds.toFixed(2)} s (exit ${b.exitCode})` : ''}\n`);
       // Earlier outputs stay until the end. Deleting them here made every later run slower, for
       // both tools: on ext4 without a journal (these machines), a new inode skips over inodes
       // deleted in the last minutes (recently_deleted() in fs/ext4/ialloc.c), and 4,000 fresh
@@ -417,7 +429,8 @@ async function main(): Promise<number> {
       const cpu = rs.every((r) => r.cpuSeconds !== undefined) ? median(rs.map((r) => r.cpuSeconds!)) : undefined;
       return { ...rs[0], seconds: sec, rssKb: rss, cpuSeconds: cpu };
     };
-    for (const [name, rs] of [['ours', ours], ['gdcmanon', theirs]] as const) {
+    for (const [name, rs] of [['ours', ours], ['gdcmanon', theirs], ['base', bases]] as const) {
+      if (!rs.length) continue;
       if (runs > 1) rs.forEach((r, i) => process.stdout.write(line(r, `${name}#${i + 1}`) + '\n'));
       process.stdout.write(line(mid(rs), runs > 1 ? `${name} med` : name) + '\n');
     }
@@ -429,6 +442,12 @@ async function main(): Promise<number> {
     process.stdout.write(`\nours/gdcmanon files/s: ${ratio.toFixed(2)}x` +
       `${runs > 1 ? ` (median of paired runs ${ratios.map((r) => r.toFixed(2)).join(', ')}; ratio of median times ${ratioOfMedians.toFixed(2)}x)` : ''}` +
       `; target >= 2x: ${ratio >= 2 ? 'met' : 'NOT met'}\n`);
+    if (bases.length) {
+      const baseRatios = bases.map((b, i) => theirs[i].seconds / b.seconds);
+      process.stdout.write(`base/gdcmanon files/s: ${median(baseRatios).toFixed(2)}x (paired runs ${baseRatios.map((r) => r.toFixed(2)).join(', ')}); ` +
+        `ours/base: ${median(bases.map((b, i) => b.seconds / ours[i].seconds)).toFixed(2)}x` +
+        `${bases.every((r) => r.cpuSeconds !== undefined) && ours.every((r) => r.cpuSeconds !== undefined) ? `, CPU seconds ours ${median(ours.map((r) => r.cpuSeconds!)).toFixed(2)} vs base ${median(bases.map((r) => r.cpuSeconds!)).toFixed(2)}` : ''}\n`);
+    }
     if (ours.every((r) => r.cpuSeconds !== undefined) && theirs.every((r) => r.cpuSeconds !== undefined)) {
       const cpuRatio = median(theirs.map((r) => r.cpuSeconds!)) / median(ours.map((r) => r.cpuSeconds!));
       process.stdout.write(`ours/gdcmanon files per CPU second: ${cpuRatio.toFixed(2)}x (median CPU time; ours may use >1 core)\n`);
