@@ -232,3 +232,33 @@ describe('forward to a PACS', { concurrency: 1 }, () => {
     assert.equal((await spool.backlog()).count, 1);
   });
 });
+
+describe('spool dead letters', () => {
+  test('a refused copy is dead-lettered only while it is still the spooled one: a newer copy sent meanwhile stays to be sent', async () => {
+    const state = await tmp('fwd-dead-');
+    const spool = new Spool(state, 'pacs');
+    const [file] = CORPUS.filter((f) => f.sopInstanceUid);
+    const info = (bytes: Buffer) => {
+      const m = parsePart10Meta(bytes);
+      return { sopInstanceUid: m.sopInstanceUid, sopClassUid: m.sopClassUid, transferSyntaxUid: m.transferSyntaxUid, studyInstanceUid: '' };
+    };
+    const { id } = await spool.enqueue(file.bytes, info(file.bytes));
+    const tried = await spool.open(id);
+    assert.ok(tried);
+    await spool.release(tried);
+    // The modality sends the image again while the PACS's refusal of the first copy is on its way.
+    await sleep(20);
+    await spool.enqueue(file.bytes, info(file.bytes));
+    const reason = { status: 0xa900, message: 'refused', attempts: 3, sopInstanceUid: id };
+    assert.equal(await spool.deadLetter(id, reason, tried), false);
+    assert.deepEqual(await spool.listIds(), [id], 'the newer copy is still spooled');
+    assert.equal((await spool.listDeadLetters()).length, 0);
+    // The copy that was tried is still the spooled one: dead-lettered.
+    const again = await spool.open(id);
+    assert.ok(again);
+    await spool.release(again);
+    assert.equal(await spool.deadLetter(id, reason, again), true);
+    assert.deepEqual(await spool.listIds(), []);
+    assert.deepEqual((await spool.listDeadLetters()).map((d) => [d.id, d.reason?.statusHex]), [[id, '0xA900']]);
+  });
+});

@@ -422,8 +422,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       if (candidate.forwards.get(name) === f) continue;
       // A PACS that never answers must not hold the reload: the grace period, then abort (the
       // image stays spooled for the new queue).
-      if (f.queue instanceof ForwardQueue) await f.queue.stop((c.shutdownGraceSeconds ?? DEFAULT_SHUTDOWN_GRACE_SECONDS) * 1000);
-      else await f.queue.stop();
+      await f.queue.stop((c.shutdownGraceSeconds ?? DEFAULT_SHUTDOWN_GRACE_SECONDS) * 1000);
       const backlog = f.queue.stats().backlog;
       if (!candidate.forwards.has(name) && backlog) notes.push(`destination ${name} removed with ${backlog} images in its spool (kept in ${f.spool.dir})`);
     }
@@ -454,8 +453,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       await withinMs(reloading, left());
       await Promise.all(scps.map((x) => x.close({ graceMs: left() })));
       for (const x of scps) logger.info({ port: x.port, scp: x.stats() }, 'storage SCP counters');
-      await Promise.all([...routing.forwards.values()].map((f) =>
-        f.queue instanceof ForwardQueue ? f.queue.stop(left()) : withinMs(f.queue.stop(), left() + 1000)));
+      await Promise.all([...routing.forwards.values()].map((f) => f.queue.stop(left())));
       await http?.close();
       await withinMs(commitmentIndex.settled(), left() + 1000);
       commitment.stop();

@@ -165,7 +165,7 @@ export class StowQueue extends SpoolDrainer {
       } else if (outcome.kind === 'refused') {
         this.answered();
         await this.spool.release(item);
-        await this.toDeadLetter(item.id, outcome.failureReason ?? null, outcome.reason, 1);
+        await this.toDeadLetter(item.id, outcome.failureReason ?? null, outcome.reason, 1, item);
       } else {
         await this.spool.release(item);
         this.unclaim(item.id, true);

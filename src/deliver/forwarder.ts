@@ -219,7 +219,7 @@ export class ForwardQueue extends SpoolDrainer {
           if (pcId === undefined) {
             batch.shift();
             await this.releaseItem(item);
-            await this.imageFailed(item.id, item.sopInstanceUid, null, `PACS did not accept presentation context ${item.commandSopClassUid} / ${item.transferSyntaxUid}`);
+            await this.imageFailed(item, null, `PACS did not accept presentation context ${item.commandSopClassUid} / ${item.transferSyntaxUid}`);
             continue;
           }
           if (item.datasetLength % 2 !== 0) {
@@ -227,7 +227,7 @@ export class ForwardQueue extends SpoolDrainer {
             // (dcmtk: "Odd Fragment Length"). Sending it unchanged is impossible: park it for an operator.
             batch.shift();
             await this.releaseItem(item);
-            await this.toDeadLetter(item.id, null, `odd dataset length ${item.datasetLength}: cannot be sent unchanged`, 0);
+            await this.toDeadLetter(item.id, null, `odd dataset length ${item.datasetLength}: cannot be sent unchanged`, 0, item);
             continue;
           }
           let status: number;
@@ -267,7 +267,7 @@ export class ForwardQueue extends SpoolDrainer {
             if (n % 2 === 0) {
               batch.shift();
               await this.releaseItem(item);
-              await this.imageFailed(item.id, item.sopInstanceUid, null, `association failed ${n} times while sending this image: ${errorMessage(e)}`);
+              await this.imageFailed(item, null, `association failed ${n} times while sending this image: ${errorMessage(e)}`);
             }
             await this.returnItems(batch);
             batch = [];
@@ -298,7 +298,7 @@ export class ForwardQueue extends SpoolDrainer {
             void p.finally(() => this.pendingAcks.delete(p));
           } else {
             await this.releaseItem(item);
-            await this.imageFailed(item.id, item.sopInstanceUid, status, comment ?? '');
+            await this.imageFailed(item, status, comment ?? '');
           }
           if (this.stopping) break;
         }
@@ -336,7 +336,8 @@ export class ForwardQueue extends SpoolDrainer {
     return p;
   }
 
-  private async imageFailed(id: string, sopInstanceUid: string, status: number | null, message: string): Promise<void> {
+  private async imageFailed(item: OpenedItem, status: number | null, message: string): Promise<void> {
+    const { id, sopInstanceUid } = item;
     let attempts: number;
     try {
       attempts = await this.spool.recordFailure(id, status, message);
@@ -346,7 +347,7 @@ export class ForwardQueue extends SpoolDrainer {
     }
     const fields = { sopInstanceUid, status: status === null ? null : statusHex(status), message, attempts, maxAttempts: this.maxAttempts };
     if (attempts >= this.maxAttempts) {
-      await this.toDeadLetter(id, status, message, attempts);
+      await this.toDeadLetter(id, status, message, attempts, item);
     } else {
       this.log.warn(fields, 'PACS refused image; will retry');
       this.retryAt(id, Date.now() + this.backoffDelay(attempts) + this.backoff.initialMs / 2);

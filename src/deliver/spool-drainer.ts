@@ -421,10 +421,16 @@ export abstract class SpoolDrainer {
     }
   }
 
-  /** Park an image in the dead-letter folder with its reason; the others keep flowing. Never throws. */
-  protected async toDeadLetter(id: string, status: number | null, message: string, attempts: number): Promise<void> {
+  /** Park an image in the dead-letter folder with its reason; the others keep flowing. Never throws.
+   * `refused`: the copy that was tried; if a newer copy replaced it in the spool meanwhile (the modality
+   * sent the image again), that one is not condemned for the old one's refusal but sent. */
+  protected async toDeadLetter(id: string, status: number | null, message: string, attempts: number, refused?: Pick<OpenedItem, 'ino' | 'mtimeMs'>): Promise<void> {
     try {
-      await this.spool.deadLetter(id, { status, message, attempts, sopInstanceUid: id });
+      if (!(await this.spool.deadLetter(id, { status, message, attempts, sopInstanceUid: id }, refused))) {
+        this.log.info({ sopInstanceUid: id }, 'refused copy replaced by a newer one in the spool; sending that one');
+        this.unclaim(id, false);
+        return;
+      }
       this.deadLetters++;
       this.onOutcome?.({ outcome: 'dead-letter', status, bytes: 0 });
       this.forget(id);

@@ -444,12 +444,19 @@ export class Spool {
     return rec.attempts;
   }
 
-  /** Move an image to the dead-letter folder with a reason file. */
+  /** Move an image to the dead-letter folder with a reason file. With `copy` (the file that was tried), only
+   * if the spool file is still that copy: resolves false, and moves nothing, when a newer one replaced it
+   * (the same check as ack()). */
   async deadLetter(
     id: string,
     reason: { status: number | null; message: string; attempts: number; sopInstanceUid?: string },
-  ): Promise<void> {
+    copy?: { ino: number; mtimeMs: number },
+  ): Promise<boolean> {
     await this.init();
+    if (copy) {
+      const st = await fsp.stat(this.pathOf(id)).catch(() => undefined);
+      if (st && (st.ino !== copy.ino || st.mtimeMs !== copy.mtimeMs)) return false;
+    }
     const full: DeadLetterReason = {
       status: reason.status,
       statusHex: reason.status === null ? null : statusHex(reason.status),
@@ -463,6 +470,7 @@ export class Spool {
     fsyncDirSync(this.deadDir);
     await unlinkIfExists(path.join(this.dir, id + ATTEMPTS));
     fsyncDirSync(this.dir);
+    return true;
   }
 
   async listDeadLetters(): Promise<Array<{ id: string; reason?: DeadLetterReason }>> {
