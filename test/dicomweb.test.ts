@@ -11,7 +11,7 @@ import { loadConfig } from '../src/config/load';
 import { startNode } from '../src/commands/serve';
 import { DeidPipeline } from '../src/pipeline';
 import { silentLogger } from '../src/observe/logger';
-import { stowOutcome } from '../src/deliver/dicomweb';
+import { StowQueue, stowOutcome } from '../src/deliver/dicomweb';
 import { Spool } from '../src/deliver/spool';
 import { part10FromRawDataset } from '../src/dicom/write';
 import { CORPUS_PHI, corpusAvailable } from './helpers/corpus';
@@ -155,6 +155,52 @@ describe('DICOMweb STOW-RS to Orthanc', { skip }, () => {
     } finally {
       await node.stop();
       await orthanc?.stop();
+    }
+  });
+});
+
+describe('STOW-RS queue stop', () => {
+  test('a server that takes the request and never answers: stop(graceMs) returns after the grace period, the image stays spooled and is sent by the next queue', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'deid-stow-stop-'));
+    const http = await import('node:http');
+    const received: string[] = [];
+    let answer = false;
+    const server = http.createServer((req, res) => {
+      received.push(`${req.method} ${req.url}`);
+      req.resume();
+      // The first server hangs; once `answer` is set it says every instance is stored.
+      req.on('end', () => {
+        if (!answer) return;
+        res.writeHead(200, { 'content-type': 'application/dicom+json' });
+        res.end(JSON.stringify({ '00081199': { vr: 'SQ', Value: [{ '00081155': { vr: 'UI', Value: [uid] } }] } }));
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const port = (server.address() as import('node:net').AddressInfo).port;
+    const v = makeVariants(readFileSync(join(CORPUS_PHI, 'pydicom__CT_small.dcm')), 1, 77)[0];
+    const uid = v.sopInstanceUid;
+    const spool = new Spool(join(dir, 'state'), 'web');
+    await spool.enqueue(v.bytes, { sopInstanceUid: uid, sopClassUid: '1.2.840.10008.5.1.4.1.1.2', transferSyntaxUid: '1.2.840.10008.1.2.1', studyInstanceUid: '' });
+    const destination = { type: 'dicomweb' as const, name: 'web', url: `http://127.0.0.1:${port}/dicom-web`, maxConnections: 1 };
+    try {
+      const q1 = new StowQueue({ destination, spool, logger: silentLogger() });
+      q1.start();
+      await waitFor(() => received.length === 1, 10_000, 'the request reached the server');
+      const t0 = Date.now();
+      await q1.stop(500);
+      const took = Date.now() - t0;
+      assert.ok(took < 5000, `stop took ${took} ms`);
+      assert.deepEqual(await spool.listIds(), [uid], 'still spooled');
+      answer = true;
+      const q2 = new StowQueue({ destination, spool, logger: silentLogger() });
+      q2.start();
+      await waitFor(async () => (await spool.listIds()).length === 0, 10_000, 'sent by the next queue');
+      await q2.stop();
+      assert.deepEqual(received, ['POST /dicom-web/studies', 'POST /dicom-web/studies']);
+      assert.equal((await spool.listDeadLetters()).length, 0);
+    } finally {
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
     }
   });
 });
