@@ -175,6 +175,17 @@ describe('PHI gate: what passes', { skip }, () => {
     assert.equal(e.message, 'PHI gate: StudyInstanceUID holds the StudyInstanceUID');
   });
 
+  test('UIDs the study keeps on purpose (retainUIDs) are no alarm; a copy of one in kept text is none either', () => {
+    const o = readPart10(readFileSync(BRAIN));
+    const study = findElement(o.dataset, tagOf('StudyInstanceUID'))!.value!.toString('latin1').replace(/\0+$/, '');
+    const p = pipelineWith({ ProfileOptions: ['retainUIDs'], AnonymizeTag: { SeriesDescription: 'keep' } });
+    const r = p.process({ kind: 'file', bytes: planted(BRAIN, [el('SeriesDescription', 'LO', `from ${study}`)]) });
+    assert.equal(findElement(r.output!.dataset, tagOf('StudyInstanceUID'))!.value!.toString('latin1').replace(/\0+$/, ''), study);
+    // Without the option the same description is refused.
+    assert.equal(rejection(pipelineWith({ AnonymizeTag: { SeriesDescription: 'keep' } }), planted(BRAIN, [el('SeriesDescription', 'LO', `from ${study}`)])).message,
+      'PHI gate: SeriesDescription holds the StudyInstanceUID');
+  });
+
   test('a value the study sets is not an alarm, even when it equals the original', () => {
     const p = pipelineWith({ AnonymizeTag: { PatientID: { action: 'value', value: 'ZZPID000001' } } });
     assert.doesNotThrow(() => p.process({ kind: 'file', bytes: readFileSync(BRAIN) }));
