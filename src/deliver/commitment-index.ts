@@ -16,9 +16,10 @@
 // makes the instance "never received" (failed), and the modality sends it again.
 //
 // Layout: <stateDir>/commitment/index/<hex>.json
-import { existsSync, readFileSync, statSync, promises as fsp } from 'fs';
+import { existsSync, readFileSync, statSync } from 'fs';
 import { open } from 'fs/promises';
 import { randomBytes } from 'crypto';
+import { Worker } from 'worker_threads';
 import { createHmac } from 'crypto';
 import { join } from 'path';
 import { deriveKey } from '../deid/plan';
@@ -37,15 +38,32 @@ export type CommitmentState = { state: 'committed' } | { state: 'pending' } | { 
 /** PS3.4 J.3.2 / C.14 Failure Reason codes. */
 export const FAILURE = { ProcessingFailure: 0x0110, NoSuchObjectInstance: 0x0112, ResourceLimitation: 0x0213 } as const;
 
+/** A batch of index entries for the writer thread (commitment-index-thread.ts): [file name, JSON]. */
+export interface IndexBatch {
+  id: number;
+  dir: string;
+  entries: Array<[string, string]>;
+  tempPrefix: string;
+}
+
+export interface IndexBatchDone {
+  id: number;
+  /** Error codes of the entries that could not be written. */
+  errors: string[];
+}
+
 export class CommitmentIndex {
   readonly dir: string;
   private readonly key: Buffer;
 
-  /** Entry writes in flight, by file (a later record of the same instance waits for the earlier). */
-  private readonly writing = new Map<string, Promise<void>>();
+  /** Entries recorded and not yet handed to the writer thread. */
+  private batch: Array<[string, string]> = [];
+  private flushScheduled = false;
+  /** Batches handed to the writer thread and not yet written, by id. */
+  private readonly inFlight = new Map<number, { written: Promise<void>; done: () => void }>();
+  private batchId = 0;
+  private writer: Worker | undefined;
   private readonly tempPrefix = `${TEMP_PREFIX}${randomBytes(6).toString('hex')}-`;
-  private counter = 0;
-  private dirMade: Promise<unknown> | undefined;
 
   /** `onError`: an entry could not be written (the instance will be reported failed, and sent again). */
   constructor(private readonly stateDir: string, salt: string, private readonly onError: (e: unknown) => void = () => undefined) {
@@ -59,38 +77,69 @@ export class CommitmentIndex {
   }
 
   /**
-   * Notes where an instance went. The write runs in the thread pool and is not waited for: the sender's
-   * answer must not wait for it (a file created in the main thread while an image's fsync commits the
-   * file system journal blocked the event loop for the length of that commit: a third of its time in
-   * scp-bench). A commitment request for the instance looks only after settled(); not fsynced here: see makeDurable.
+   * Notes where an instance went. Not waited for: the sender's answer does not depend on it. Entries
+   * recorded in one turn of the event loop go to a thread of their own in one message and are written
+   * there (a file created in the main thread waited for the journal commit of the image's own fsync: a
+   * third of the SCP's time; four pool trips per image cost 12 % of four-association throughput). A
+   * commitment request for the instance looks only after settled(); not fsynced here: see makeDurable.
    */
   record(originalSopInstanceUid: string, entry: CommitmentEntry): void {
-    const file = join(this.dir, `${this.keyOf(originalSopInstanceUid)}.json`);
-    const data = JSON.stringify(entry);
-    const before = this.writing.get(file);
-    const p = (async () => {
-      if (before) await before;
-      await (this.dirMade ??= fsp.mkdir(this.dir, { recursive: true }));
-      const tmp = join(this.dir, `${this.tempPrefix}${(this.counter++).toString(36)}.tmp`);
-      try {
-        await fsp.writeFile(tmp, data);
-        await fsp.rename(tmp, file);
-      } catch (e) {
-        await fsp.unlink(tmp).catch(() => undefined);
-        this.dirMade = undefined; // the folder may have been taken away: made again next time
-        throw e;
-      }
-    })()
-      .catch((e: unknown) => this.onError(e))
-      .finally(() => {
-        if (this.writing.get(file) === p) this.writing.delete(file);
-      });
-    this.writing.set(file, p);
+    this.batch.push([`${this.keyOf(originalSopInstanceUid)}.json`, JSON.stringify(entry)]);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
   }
 
   /** Resolves once every entry recorded so far is written (not necessarily fsync'd). */
   async settled(): Promise<void> {
-    while (this.writing.size) await Promise.all([...this.writing.values()]);
+    this.flush();
+    while (this.inFlight.size) await Promise.all([...this.inFlight.values()].map((b) => b.written));
+  }
+
+  /** Starts the writer thread now rather than at the first record (serve: so that the first images'
+   * entries do not wait for a thread to start). */
+  startWriter(): void {
+    this.thread();
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    if (!this.batch.length) return;
+    const entries = this.batch;
+    this.batch = [];
+    const id = ++this.batchId;
+    const batch: IndexBatch = { id, dir: this.dir, entries, tempPrefix: `${this.tempPrefix}${id.toString(36)}-` };
+    let done!: () => void;
+    const written = new Promise<void>((resolve) => (done = resolve));
+    this.inFlight.set(id, { written, done });
+    const w = this.thread();
+    w.ref(); // written before the process may exit
+    w.postMessage(batch);
+  }
+
+  private thread(): Worker {
+    if (this.writer) return this.writer;
+    const w = new Worker(join(__dirname, 'commitment-index-thread.js'));
+    w.on('message', (d: IndexBatchDone) => {
+      for (const code of d.errors) this.onError(Object.assign(new Error(`commitment index entry not written: ${code}`), { code }));
+      this.inFlight.get(d.id)?.done();
+      this.inFlight.delete(d.id);
+      if (!this.inFlight.size) w.unref();
+    });
+    const lost = (why: string): void => {
+      if (this.writer !== w) return;
+      this.writer = undefined;
+      // Entries of the batches in flight may be lost: those instances are reported failed (and sent again).
+      if (this.inFlight.size) this.onError(new Error(`commitment index writer stopped (${why}); ${this.inFlight.size} batches may be lost`));
+      for (const b of this.inFlight.values()) b.done();
+      this.inFlight.clear();
+    };
+    w.on('error', (e) => lost(e.message));
+    w.on('exit', (code) => lost(`exit ${code}`));
+    w.unref();
+    this.writer = w;
+    return w;
   }
 
   /** Makes the entries of these instances, and the index folder, durable (fsync) before a report relies on them. */
