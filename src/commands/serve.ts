@@ -456,7 +456,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
       for (const x of scps) logger.info({ port: x.port, scp: x.stats() }, 'storage SCP counters');
       await Promise.all([...routing.forwards.values()].map((f) => f.queue.stop(left())));
       await http?.close();
-      await withinMs(commitmentIndex.settled(), left() + 1000);
+      await withinMs(commitmentIndex.close(), left() + 1000);
       commitment.stop();
       linkage.close();
       logStageTimings();

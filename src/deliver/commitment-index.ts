@@ -97,6 +97,14 @@ export class CommitmentIndex {
     while (this.inFlight.size) await Promise.all([...this.inFlight.values()].map((b) => b.written));
   }
 
+  /** Writes what is recorded, then stops the writer thread (a later record starts another). */
+  async close(): Promise<void> {
+    await this.settled();
+    const w = this.writer;
+    this.writer = undefined;
+    await w?.terminate();
+  }
+
   /** Starts the writer thread now rather than at the first record (serve: so that the first images'
    * entries do not wait for a thread to start). */
   startWriter(): void {
