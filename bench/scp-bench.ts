@@ -12,6 +12,8 @@
 //   --assoc N       N storescu associations in parallel (the images dealt round-robin), against storescp --fork
 //   --peer orthanc  (a) is Orthanc with its default storage (it syncs each file) instead of storescp
 //   --cli PATH      also time another build of ours (e.g. a copy of main's dist/ inside the repo) as (b')
+//   --replicas N    also time N routers, each with its own state (the scale-out deployment on one host), the
+//                   associations dealt to them in turn, as (b×N)
 //   --profile DIR   start the router with `node --cpu-prof --cpu-prof-dir DIR` and print its top self-time
 //                   functions after each (b) run.
 // (d) is the write-ahead-log floor: each image overwritten into a preallocated file and fdatasync'd (a data
@@ -80,6 +82,20 @@ export async function makeSources(n: number, seed: number): Promise<{ dir: strin
 }
 
 /** Peak resident set size (VmHWM) of a live process, in bytes. */
+/** Busy and total CPU ticks of the host (/proc/stat: user+nice+system+irq+softirq+steal; iowait counts as idle). */
+function cpuTicks(): { busy: number; total: number } {
+  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = f;
+  const busy = user + nice + system + irq + softirq + (steal ?? 0);
+  return { busy, total: busy + idle + iowait };
+}
+
+/** Share of the host's CPU time that was busy since `t0` (all cores). */
+function hostBusySince(t0: { busy: number; total: number }): number {
+  const t1 = cpuTicks();
+  return (t1.busy - t0.busy) / Math.max(1, t1.total - t0.total);
+}
+
 export function peakRss(pid: number): number {
   const s = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
   const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(s);
@@ -347,6 +363,8 @@ export function summariseProfile(dir: string, top = 20): string {
 interface Figures {
   secs: number;
   rss: number;
+  /** Share of the host's CPU busy while the images were sent (both cores). */
+  hostBusy?: number;
   stages?: StageTimings;
 }
 
@@ -354,15 +372,17 @@ async function runStorescp(files: string[], assoc: number): Promise<Figures> {
   const out = await tmp('bench-storescp-');
   const { proc, port } = await startDcmtkStorescp(out, 'STORESCP', assoc > 1);
   try {
+    const c0 = cpuTicks();
     const t0 = now();
     await storescu('STORESCP', port, files, assoc);
     const secs = now() - t0;
+    const hostBusy = hostBusySince(c0);
     const rss = peakRss(proc.pid);
     // storescp --fork: a child may still be finishing its last file after its storescu exited.
     for (let i = 0; i < 50 && countFilesFlat(out) < files.length; i++) await sleep(20);
     const got = countFilesFlat(out);
     if (got !== files.length) throw new Error(`storescp: ${got}/${files.length} files written`);
-    return { secs, rss };
+    return { secs, rss, hostBusy };
   } finally {
     await stopProcess(proc);
     await fsp.rm(out, { recursive: true, force: true });
@@ -391,9 +411,11 @@ async function runRouter(files: string[], assoc: number, profileDir?: string, cl
   const r = await startRouter({ defaultDestination: 'outgoing', profileDir, cli });
   let stopped = false;
   try {
+    const c0 = cpuTicks();
     const t0 = now();
     await storescu('DEID_ROUTER', r.port, files, assoc);
     const secs = now() - t0;
+    const hostBusy = hostBusySince(c0);
     const rss = peakRss(r.proc.pid);
     await stopProcess(r.proc, 10_000);
     stopped = true;
@@ -404,10 +426,35 @@ async function runRouter(files: string[], assoc: number, profileDir?: string, cl
     if (got !== files.length) throw new Error(`router: ${got}/${files.length} files under outgoing (quarantine: ${quarantined} files)`);
     if (quarantined) console.log(`  note: ${quarantined} files in quarantine`);
     if (profileDir) console.log(summariseProfile(profileDir));
-    return { secs, rss, stages: stageTimings(r.proc.output().stdout) };
+    return { secs, rss, hostBusy, stages: stageTimings(r.proc.output().stdout) };
   } finally {
     if (!stopped) await stopProcess(r.proc, 10_000);
     await fsp.rm(r.dir, { recursive: true, force: true });
+  }
+}
+
+/** `replicas` routers (own state each, as the scale-out deployment runs them), the associations dealt to
+ * them in turn (what HAProxy's leastconn does with equal associations), without the proxy's own cost. */
+async function runReplicas(files: string[], assoc: number, replicas: number, cli?: string): Promise<Figures> {
+  const routers = await Promise.all(Array.from({ length: replicas }, () => startRouter({ defaultDestination: 'outgoing', cli })));
+  let stopped = false;
+  try {
+    const parts: string[][] = Array.from({ length: assoc }, () => []);
+    files.forEach((f, i) => parts[i % assoc].push(f));
+    const c0 = cpuTicks();
+    const t0 = now();
+    await Promise.all(parts.map((p, k) => storescu('DEID_ROUTER', routers[k % replicas].port, p)));
+    const secs = now() - t0;
+    const hostBusy = hostBusySince(c0);
+    const rss = Math.max(...routers.map((r) => peakRss(r.proc.pid)));
+    await Promise.all(routers.map((r) => stopProcess(r.proc, 10_000)));
+    stopped = true;
+    const got = routers.reduce((n, r) => n + countFilesDeep(r.outgoing, '.dcm'), 0);
+    if (got !== files.length) throw new Error(`routers: ${got}/${files.length} files under outgoing`);
+    return { secs, rss, hostBusy };
+  } finally {
+    if (!stopped) await Promise.all(routers.map((r) => stopProcess(r.proc, 10_000)));
+    await Promise.all(routers.map((r) => fsp.rm(r.dir, { recursive: true, force: true })));
   }
 }
 
@@ -480,6 +527,8 @@ async function main(): Promise<void> {
   const floor = !argFlag('--no-floor');
   const assoc = Number(argValue('--assoc', '1'));
   const otherCli = argValue('--cli', undefined);
+  const replicas = Number(argValue('--replicas', '1'));
+  const replicaRatios: number[] = [];
   const peer = argValue('--peer', 'storescp');
   if (!fs.existsSync(CLI)) throw new Error(`${CLI} missing: run npm run build`);
   if (profileDir) await fsp.mkdir(profileDir, { recursive: true });
@@ -497,7 +546,8 @@ async function main(): Promise<void> {
 
   const fmt = (label: string, f: Figures, extra = '') =>
     `  ${label} ${(count / f.secs).toFixed(1).padStart(7)} images/s ${(totalMB / f.secs).toFixed(1).padStart(7)} MB/s ` +
-    `${f.secs.toFixed(2).padStart(7)} s  peak RSS ${(f.rss / MB).toFixed(0).padStart(4)} MB${extra}`;
+    `${f.secs.toFixed(2).padStart(7)} s  peak RSS ${(f.rss / MB).toFixed(0).padStart(4)} MB` +
+    `${f.hostBusy === undefined ? '' : `  host CPU busy ${(100 * f.hostBusy).toFixed(0)} %`}${extra}`;
 
   const ratios: number[] = [];
   const ceilings: Array<[number, number]> = [];
@@ -512,6 +562,11 @@ async function main(): Promise<void> {
         const o = await runRouter(src.files, assoc, undefined, path.resolve(otherCli));
         console.log(fmt(`(b') ${path.basename(path.dirname(path.resolve(otherCli)))}`.padEnd(12), o, `  event-loop delay p99 ${o.stages?.eventLoopDelayMs.p99 ?? '?'} ms  ratio b'/a ${(a.secs / o.secs).toFixed(2)}`));
         if (o.stages) console.log(formatStages(o.stages));
+      }
+      if (replicas > 1) {
+        const rr = await runReplicas(src.files, assoc, replicas, otherCli ? path.resolve(otherCli) : undefined);
+        console.log(fmt(`(b×${replicas}) replicas`, rr, `  (peak RSS of one)  ratio b×${replicas}/a ${(a.secs / rr.secs).toFixed(2)}`));
+        replicaRatios.push(a.secs / rr.secs);
       }
       const b = await runRouter(src.files, assoc, profileDir);
       console.log(fmt('(b) router  ', b, `  event-loop delay p99 ${b.stages?.eventLoopDelayMs.p99 ?? '?'} ms  ratio b/a ${(a.secs / b.secs).toFixed(2)}`));
@@ -558,6 +613,7 @@ async function main(): Promise<void> {
         : `physical ceiling (${assoc} associations, perfect overlap): ${median(ceilings.map((c) => c[0])).toFixed(2)}; router reaches ${(median(ratios) / median(ceilings.map((c) => c[0]))).toFixed(2)} of it`,
     );
   }
+  if (replicaRatios.length) console.log(`ratios with ${replicas} replicas: ${replicaRatios.map((x) => x.toFixed(2)).join(', ')}`);
   console.log(`RESULT scp ratio=${median(ratios).toFixed(2)}`);
 }
 
