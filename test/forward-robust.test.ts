@@ -6,39 +6,22 @@ import { promises as fsp, existsSync, readdirSync, readFileSync, writeFileSync }
 import * as assert from 'node:assert/strict';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { after, describe, test, type TestContext } from 'node:test';
+import { describe, test } from 'node:test';
 import YAML from 'yaml';
 import { ForwardQueue, type DicomDestination } from '../src/deliver/forwarder';
 import { StoreAssociation } from '../src/deliver/dimse-scu';
 import { Spool, parsePart10Meta } from '../src/deliver/spool';
 import { silentLogger } from '../src/observe/logger';
 import {
-  uniqueCorpus, readReceived, startRefusingScp, startStorescp, tmpDir, waitFor, type Peer,
+  uniqueCorpus, fileCleanups, readReceived, startRefusingScp, startStorescp, waitFor, type Peer,
 } from './helpers/peers';
 import { CORPUS_PHI, corpusAvailable } from './helpers/corpus';
 import { run, startProcess, stopProcess, waitForPort, freePort } from './helpers/dcmtk';
 import { hasTool } from './helpers/tools';
+import { commandSet, item, pdu } from './helpers/pdu';
 
 const CORPUS = uniqueCorpus().filter((f) => f.transferSyntaxUid === '1.2.840.10008.1.2.1' && (f.bytes.length - f.datasetOffset) % 2 === 0);
-const cleanups: Array<() => Promise<void>> = [];
-after(async () => {
-  for (const c of cleanups.reverse()) await c().catch(() => undefined);
-});
-
-async function tmp(prefix: string): Promise<string> {
-  const d = await tmpDir(prefix);
-  cleanups.unshift(() => fsp.rm(d, { recursive: true, force: true }));
-  return d;
-}
-
-async function withPeer<T extends Peer>(t: TestContext, p: Promise<T>): Promise<T> {
-  const peer = await p;
-  let stopped: Promise<void> | undefined;
-  const stop = () => (stopped ??= peer.stop());
-  t.after(stop);
-  cleanups.push(stop);
-  return peer;
-}
+const { tmp, withPeer, atEnd } = fileCleanups();
 
 function dest(port: number, aeTitle = 'STORESCP', extra: Partial<DicomDestination> = {}): DicomDestination {
   return { name: 'pacs', aeTitle, host: '127.0.0.1', port, callingAeTitle: 'DEIDROUTER', maxAssociations: 2, ...extra };
@@ -58,48 +41,15 @@ async function drained(spool: Spool, q: ForwardQueue, timeoutMs: number): Promis
 
 // ---- a scripted PACS speaking just enough of PS3.8 --------------------------------------------
 
-function pdu(type: number, body: Buffer): Buffer {
-  const h = Buffer.alloc(6);
-  h[0] = type;
-  h.writeUInt32BE(body.length, 2);
-  return Buffer.concat([h, body]);
-}
-function item(type: number, body: Buffer): Buffer {
-  const h = Buffer.alloc(4);
-  h[0] = type;
-  h.writeUInt16BE(body.length, 2);
-  return Buffer.concat([h, body]);
-}
 function u32(v: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeUInt32BE(v >>> 0);
   return b;
 }
-function element(el: number, value: Buffer): Buffer {
-  const h = Buffer.alloc(8);
-  h.writeUInt16LE(0, 0);
-  h.writeUInt16LE(el, 2);
-  h.writeUInt32LE(value.length, 4);
-  return Buffer.concat([h, value]);
-}
-function us(v: number): Buffer {
-  const b = Buffer.alloc(2);
-  b.writeUInt16LE(v);
-  return b;
-}
-function uid(s: string): Buffer {
-  return Buffer.from(s.length % 2 ? s + '\0' : s, 'latin1');
-}
 
 /** C-STORE-RSP command set for a request. */
 function storeRsp(messageId: number, status: number): Buffer {
-  const els = Buffer.concat([
-    element(0x0002, uid('1.2.840.10008.5.1.4.1.1.7')), element(0x0100, us(0x8001)), element(0x0120, us(messageId)),
-    element(0x0800, us(0x0101)), element(0x0900, us(status)), element(0x1000, uid('1.2.3')),
-  ]);
-  const gl = Buffer.alloc(4);
-  gl.writeUInt32LE(els.length);
-  return Buffer.concat([element(0x0000, gl), els]);
+  return commandSet({ sopClass: '1.2.840.10008.5.1.4.1.1.7', command: 0x8001, respondingTo: messageId, hasDataset: false, status, sopInstance: '1.2.3' });
 }
 
 interface FakePacs extends Peer {
@@ -292,11 +242,11 @@ describe('forward workers come back', { concurrency: 1 }, () => {
     const paths = await Promise.all(files.map(async (f, i) => {
       const p = path.join(out, '..', `${path.basename(out)}-in-${i}.dcm`);
       await fsp.writeFile(p, f.bytes);
-      cleanups.push(() => fsp.rm(p, { force: true }));
+      atEnd(() => fsp.rm(p, { force: true }));
       return p;
     }));
     await fsp.writeFile(list, JSON.stringify(paths));
-    cleanups.push(() => fsp.rm(list, { force: true }));
+    atEnd(() => fsp.rm(list, { force: true }));
     const child = path.join(__dirname, 'fixtures', 'forward-emfile-child.js');
     const r = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
       const c = spawn('bash', ['-c', 'ulimit -n 1024 && exec "$0" "$@"', process.execPath, child, state, String(scp.port), 'STORESCP', list], { stdio: ['ignore', 'pipe', 'pipe'] });

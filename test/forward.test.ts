@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
-import { after, describe, test, type TestContext } from 'node:test';
+import { describe, test } from 'node:test';
 import { ForwardQueue, type DicomDestination } from '../src/deliver/forwarder';
 import { Spool, parsePart10Meta } from '../src/deliver/spool';
 import { silentLogger } from '../src/observe/logger';
@@ -17,17 +17,14 @@ import {
   startOrthanc,
   startRefusingScp,
   startStorescp,
-  tmpDir,
+  fileCleanups,
   waitFor,
   type CorpusFile,
   type Peer,
 } from './helpers/peers';
 
 const CORPUS = uniqueCorpus();
-const cleanups: Array<() => Promise<void>> = [];
-after(async () => {
-  for (const c of cleanups.reverse()) await c().catch(() => undefined);
-});
+const { tmp, withPeer } = fileCleanups();
 
 function dest(port: number, aeTitle = 'STORESCP', extra: Partial<DicomDestination> = {}): DicomDestination {
   return { name: 'pacs', aeTitle, host: '127.0.0.1', port, callingAeTitle: 'DEIDROUTER', maxAssociations: 2, ...extra };
@@ -44,22 +41,6 @@ async function drained(spool: Spool, q: ForwardQueue, timeoutMs: number): Promis
   await waitFor(async () => (await spool.backlog()).count === 0 && q.stats().inFlight === 0, timeoutMs, 'spool to drain');
 }
 
-/** A temp dir removed when the test file ends. */
-async function tmp(prefix: string): Promise<string> {
-  const d = await tmpDir(prefix);
-  cleanups.unshift(() => fsp.rm(d, { recursive: true, force: true }));
-  return d;
-}
-
-/** Stop the peer when the test ends, pass or fail (and at the very end, as a safety net). */
-async function withPeer<T extends Peer>(t: TestContext, p: Promise<T>): Promise<T> {
-  const peer = await p;
-  let stopped: Promise<void> | undefined;
-  const stop = () => (stopped ??= peer.stop());
-  t.after(stop);
-  cleanups.push(stop);
-  return peer;
-}
 
 function assertSameDatasets(files: Array<{ bytes: Buffer; datasetSopInstanceUid?: string }>, received: Map<string, Buffer>): void {
   for (const f of files) {

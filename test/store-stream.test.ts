@@ -26,6 +26,10 @@ import { CORPUS_PHI, corpusAvailable } from './helpers/corpus';
 import { CT, ILE, ORIG, TSX, ctElements, encodeDataset, part10, s } from './fixtures/craft';
 import { run } from './helpers/dcmtk';
 import { hasTool } from './helpers/tools';
+import { pData } from './helpers/pdu';
+
+/** A P-DATA-TF PDU with one PDV on context 1; control: bit 0 command, bit 1 last fragment. */
+const pdv = (control: number, frag: Buffer): Buffer => pData(1, frag, { command: (control & 1) !== 0, last: (control & 2) !== 0 });
 
 const SALT = 'store-stream-test-salt-51c2';
 
@@ -202,15 +206,6 @@ describe('streaming C-STORE path', () => {
       { tag: 0x00000110, vr: 'US', value: Buffer.from([7, 0]), undefinedLength: false },
       { tag: 0x00000800, vr: 'US', value: Buffer.from([0, 0]), undefinedLength: false },
     ], IMPLICIT_LE));
-    const pdv = (control: number, frag: Buffer) => {
-      const b = Buffer.alloc(12);
-      b[0] = 4;
-      b.writeUInt32BE(6 + frag.length, 2);
-      b.writeUInt32BE(2 + frag.length, 6);
-      b[10] = 1;
-      b[11] = control;
-      return Buffer.concat([b, frag]);
-    };
     // Dataset PDVs of 1..37 bytes, so that PDV boundaries fall everywhere.
     const pdus: Buffer[] = [pdv(3, command)];
     for (let o = 0, n = 1; o < data.length; o += n, n = (n % 37) + 1) pdus.push(pdv(o + n >= data.length ? 2 : 0, data.subarray(o, o + n)));
@@ -285,15 +280,6 @@ describe('streaming over the network', () => {
         { tag: 0x00000110, vr: 'US', value: Buffer.from([1, 0]), undefinedLength: false },
         { tag: 0x00000800, vr: 'US', value: Buffer.from([0, 0]), undefinedLength: false },
       ], IMPLICIT_LE));
-      const pdv = (control: number, frag: Buffer) => {
-        const b = Buffer.alloc(12);
-        b[0] = 4;
-        b.writeUInt32BE(6 + frag.length, 2);
-        b.writeUInt32BE(2 + frag.length, 6);
-        b[10] = 1;
-        b[11] = control;
-        return Buffer.concat([b, frag]);
-      };
       sock.write(pdv(3, cmd));
       const half = dataset.subarray(0, dataset.length >> 1);
       for (let o = 0; o < half.length; o += 16000) sock.write(pdv(0, half.subarray(o, o + 16000)));

@@ -11,19 +11,12 @@ import * as tls from 'node:tls';
 import type { FileHandle } from 'node:fs/promises';
 
 import { IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, TS } from '../dicom/uids';
-import { PduFramer, PduFramingError } from '../receive/framer';
+import { PDU_TYPE, PduFramer, PduFramingError } from '../receive/framer';
 import { element, pdvHeader, uidValue, us } from '../receive/dimse';
 
 const APPLICATION_CONTEXT = '1.2.840.10008.3.1.1.1';
 const IMPLICIT_VR_LE = TS.ImplicitLE;
 
-const PDU_ASSOCIATE_RQ = 0x01;
-const PDU_ASSOCIATE_AC = 0x02;
-const PDU_ASSOCIATE_RJ = 0x03;
-const PDU_DATA_TF = 0x04;
-const PDU_RELEASE_RQ = 0x05;
-const PDU_RELEASE_RP = 0x06;
-const PDU_ABORT = 0x07;
 
 /** Our PDU limit, both ways: announced to the peer (it must send no longer P-DATA-TF PDUs) and the
  * largest we send, whatever the peer announces (one that announces 4 GB would make us read and
@@ -153,7 +146,7 @@ export function buildAssociateRq(
       Buffer.concat([item(0x51, maxLen), uidItem(0x52, IMPLEMENTATION_CLASS_UID), uidItem(0x55, IMPLEMENTATION_VERSION_NAME)]),
     ),
   );
-  return pdu(PDU_ASSOCIATE_RQ, Buffer.concat(parts));
+  return pdu(PDU_TYPE.AssociateRq, Buffer.concat(parts));
 }
 
 interface ParsedAc {
@@ -389,7 +382,7 @@ export class StoreAssociation {
       return;
     }
     try {
-      await this.request('rp', pdu(PDU_RELEASE_RQ, Buffer.alloc(4)), this.associationTimeoutMs);
+      await this.request('rp', pdu(PDU_TYPE.ReleaseRq, Buffer.alloc(4)), this.associationTimeoutMs);
     } catch {
       // peer closed instead of answering: fine, nothing is outstanding
     } finally {
@@ -403,7 +396,7 @@ export class StoreAssociation {
   abort(): void {
     if (!this.socket.destroyed) {
       try {
-        this.socket.write(pdu(PDU_ABORT, Buffer.from([0, 0, 0, 0])));
+        this.socket.write(pdu(PDU_TYPE.Abort, Buffer.from([0, 0, 0, 0])));
       } catch {
         /* ignore */
       }
@@ -531,13 +524,13 @@ export class StoreAssociation {
 
   private onPdu(type: number, body: Buffer): void {
     switch (type) {
-      case PDU_ASSOCIATE_AC:
+      case PDU_TYPE.AssociateAc:
         this.settle('ac', parseAssociateAc(body));
         return;
-      case PDU_ASSOCIATE_RJ:
+      case PDU_TYPE.AssociateRj:
         this.fail(new AssociationRejectedError(body[1], body[2], body[3]));
         return;
-      case PDU_DATA_TF: {
+      case PDU_TYPE.PDataTf: {
         let pos = 0;
         while (pos + 6 <= body.length) {
           const len = body.readUInt32BE(pos);
@@ -557,15 +550,15 @@ export class StoreAssociation {
         }
         return;
       }
-      case PDU_RELEASE_RQ:
+      case PDU_TYPE.ReleaseRq:
         // Peer wants to release: answer and close.
-        this.socket.write(pdu(PDU_RELEASE_RP, Buffer.alloc(4)));
+        this.socket.write(pdu(PDU_TYPE.ReleaseRp, Buffer.alloc(4)));
         this.fail(new NetworkError('peer released the association'));
         return;
-      case PDU_RELEASE_RP:
+      case PDU_TYPE.ReleaseRp:
         this.settle('rp', undefined);
         return;
-      case PDU_ABORT:
+      case PDU_TYPE.Abort:
         this.fail(new AssociationAbortedError(body[2], body[3]));
         return;
       default:

@@ -12,10 +12,11 @@ export class PduFramingError extends Error {
   }
 }
 
-const P_DATA_TF = 4;
+/** Upper-layer PDU types (PS3.8 9.3), for the SCP and the SCU alike. */
+export const PDU_TYPE = { AssociateRq: 0x01, AssociateAc: 0x02, AssociateRj: 0x03, PDataTf: 0x04, ReleaseRq: 0x05, ReleaseRp: 0x06, Abort: 0x07 } as const;
 
-const MIN_PDU_TYPE = 1;
-const MAX_PDU_TYPE = 7;
+const MIN_PDU_TYPE = PDU_TYPE.AssociateRq;
+const MAX_PDU_TYPE = PDU_TYPE.Abort;
 
 export class PduFramer {
   private chunks: Buffer[] = [];
@@ -44,7 +45,7 @@ export class PduFramer {
         const type = head[0];
         if (type < MIN_PDU_TYPE || type > MAX_PDU_TYPE) throw new PduFramingError(`unknown PDU type 0x${type.toString(16)}`);
         const length = head.readUInt32BE(2);
-        const limit = type === P_DATA_TF ? Math.min(this.maxPduBytes, this.maxPDataBytes) : this.maxPduBytes;
+        const limit = type === PDU_TYPE.PDataTf ? Math.min(this.maxPduBytes, this.maxPDataBytes) : this.maxPduBytes;
         if (length > limit) throw new PduFramingError(`PDU of type ${type}, length ${length}, exceeds limit ${limit}`, 'too-large');
         this.needed = length + 6;
       }

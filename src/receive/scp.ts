@@ -21,7 +21,7 @@ import { encodeCommandPData, encodeCStoreRspCommand, encodeNEventReportRqCommand
 import { COMMAND, DimseGuard, GuardStep, type CommandInfo } from './dimse-guard';
 import { PDataReceiver, type PDataHandler } from './pdata';
 import { AssociationSlots, BufferedDatasets, DEFAULT_NETWORK_LIMITS, MAX_PDU_BYTES, MIN_PDU_BYTES, NetworkLimits, maxConnections } from './limits';
-import { PduFramer, PduFramingError } from './framer';
+import { PDU_TYPE, PduFramer, PduFramingError } from './framer';
 import { checkAssociateRq, associateRjPdu, abortPdu } from './associate-rq';
 import { countRefusal, newScpStats, snapshotStats, RefusalKind, ScpStats } from './stats';
 import { chooseTransferSyntax, isAcceptedAbstractSyntax, VERIFICATION_SOP_CLASS } from './syntaxes';
@@ -56,10 +56,6 @@ const LINGER_MS = 2_000;
 const CLOSE_QUIET_MS = 200;
 /** Largest non-P-DATA PDU we accept (an A-ASSOCIATE-RQ with 128 contexts and many syntaxes is far smaller). */
 const MAX_CONTROL_PDU = 1 << 20;
-const PDU_ASSOCIATE_RQ = 0x01;
-const PDU_P_DATA_TF = 0x04;
-const PDU_RELEASE_RQ = 0x05;
-const PDU_ABORT = 0x07;
 
 /** A warning (0x0001, 0xB000-0xBFFF) still means the instance was stored. */
 function isStoredStatus(status: number): boolean {
@@ -358,12 +354,12 @@ class StorageScp extends Scp {
         if (conn.result !== undefined) return; // ending: whatever else the peer sends is not acted on
         internals.lastPduTime = conn.lastActivity;
         const type = pdu[0];
-        if (!conn.associated && type !== PDU_ASSOCIATE_RQ && type !== PDU_ABORT) {
+        if (!conn.associated && type !== PDU_TYPE.AssociateRq && type !== PDU_TYPE.Abort) {
           conn.refuse('malformed-pdu', `PDU type ${type} before the association`, abortPdu(AbortSource.ServiceProvider, AbortReason.UnexpectedPdu));
           return;
         }
-        if (type === PDU_ASSOCIATE_RQ && !conn.associated && this.refuseBadAssociateRq(pdu)) return;
-        if (type === PDU_P_DATA_TF && conn.dimseGuard) {
+        if (type === PDU_TYPE.AssociateRq && !conn.associated && this.refuseBadAssociateRq(pdu)) return;
+        if (type === PDU_TYPE.PDataTf && conn.dimseGuard) {
           for (const step of conn.dimseGuard.inspect(pdu)) {
             if (conn.result !== undefined) return;
             if (step.kind === 'pass') conn.pdata.onPdu(step.pdu);
@@ -377,7 +373,7 @@ class StorageScp extends Scp {
           }
           return;
         }
-        if (type === PDU_RELEASE_RQ && conn.dimseGuard?.receivingDataset) {
+        if (type === PDU_TYPE.ReleaseRq && conn.dimseGuard?.receivingDataset) {
           conn.refuse('malformed-pdu', 'A-RELEASE-RQ in the middle of a dataset', abortPdu(AbortSource.ServiceProvider, AbortReason.UnexpectedPdu));
           return;
         }

@@ -33,19 +33,10 @@ export interface DatasetSink {
   abort(): void;
 }
 
-/** One received C-STORE, handed to the application. */
-export interface StoreRequest {
-  callingAeTitle: string;
-  calledAeTitle: string;
-  peerAddress: string;
-  /** Sequence number of the association (TCP connection) within this SCP, from 1. */
-  associationId: number;
-  /** Affected SOP Class UID of the C-STORE-RQ command. */
-  sopClassUid: string;
-  /** Affected SOP Instance UID of the C-STORE-RQ command. */
-  sopInstanceUid: string;
-  /** Transfer syntax of the accepted presentation context the dataset came on. */
-  transferSyntaxUid: string;
+/** One received C-STORE, handed to the application: its start (the association's AE titles and peer, the
+ * association's sequence number within this SCP from 1, the command's affected SOP class and instance, the
+ * accepted context's transfer syntax) and its whole dataset. */
+export interface StoreRequest extends StoreStart {
   /** The dataset bytes exactly as received on the wire (no file meta; still deflated for Deflated TS). */
   dataset: Buffer;
 }

@@ -10,14 +10,16 @@ export const SECONDARY_CAPTURE_STORAGE = '1.2.840.10008.5.1.4.1.1.7';
 export const IMPLICIT_LE = '1.2.840.10008.1.2';
 export const EXPLICIT_LE = '1.2.840.10008.1.2.1';
 
-function pdu(type: number, body: Buffer): Buffer {
+/** One PDU: type, reserved byte, 4-byte length, body. */
+export function pdu(type: number, body: Buffer): Buffer {
   const h = Buffer.alloc(6);
   h[0] = type;
   h.writeUInt32BE(body.length, 2);
   return Buffer.concat([h, body]);
 }
 
-function item(type: number, body: Buffer): Buffer {
+/** One item of an A-ASSOCIATE PDU: type, reserved byte, 2-byte length, body. */
+export function item(type: number, body: Buffer): Buffer {
   const h = Buffer.alloc(4);
   h[0] = type;
   h.writeUInt16BE(body.length, 2);

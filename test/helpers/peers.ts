@@ -8,6 +8,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
+import { after, type TestContext } from 'node:test';
 import { datasetSopUids, parsePart10Meta, type Part10Meta } from '../../src/deliver/spool';
 import { CLEAN_DIR } from './corpus';
 
@@ -56,6 +57,39 @@ export interface Peer {
   port: number;
   pid?: number;
   stop(): Promise<void>;
+}
+
+/** What a test file cleans up: call once at its top level (it registers the file's after() hook). */
+export function fileCleanups(): {
+  /** A temp dir removed when the test file ends. */
+  tmp(prefix: string): Promise<string>;
+  /** Stop the peer when the test ends, pass or fail (and at the very end, as a safety net). */
+  withPeer<T extends Peer>(t: TestContext, p: Promise<T>): Promise<T>;
+  /** Run when the test file ends (before the temp dirs are removed). */
+  atEnd(f: () => Promise<void>): void;
+} {
+  const cleanups: Array<() => Promise<void>> = [];
+  after(async () => {
+    for (const c of cleanups.reverse()) await c().catch(() => undefined);
+  });
+  return {
+    async tmp(prefix) {
+      const d = await tmpDir(prefix);
+      cleanups.unshift(() => fsp.rm(d, { recursive: true, force: true }));
+      return d;
+    },
+    async withPeer(t, p) {
+      const peer = await p;
+      let stopped: Promise<void> | undefined;
+      const stop = () => (stopped ??= peer.stop());
+      t.after(stop);
+      cleanups.push(stop);
+      return peer;
+    },
+    atEnd(f) {
+      cleanups.push(f);
+    },
+  };
 }
 
 async function stopChild(child: ChildProcess): Promise<void> {
