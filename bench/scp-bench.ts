@@ -81,7 +81,6 @@ export async function makeSources(n: number, seed: number): Promise<{ dir: strin
   return { dir, files, bytes, sourceBytes: base.length };
 }
 
-/** Peak resident set size (VmHWM) of a live process, in bytes. */
 /** Busy and total CPU ticks of the host (/proc/stat: user+nice+system+irq+softirq+steal; iowait counts as idle). */
 function cpuTicks(): { busy: number; total: number } {
   const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
@@ -96,6 +95,29 @@ function hostBusySince(t0: { busy: number; total: number }): number {
   return (t1.busy - t0.busy) / Math.max(1, t1.total - t0.total);
 }
 
+/** Clock ticks per second of /proc's CPU times (USER_HZ: 100 on every Linux this runs on). */
+const TICKS = 100;
+
+/** CPU seconds the whole host was busy since `t0` (all cores together). */
+function hostBusySecondsSince(t0: { busy: number; total: number }): number {
+  return (cpuTicks().busy - t0.busy) / TICKS;
+}
+
+/** CPU seconds (all threads) a live process has used so far: user and system (kernel on its behalf). */
+export function processCpu(pid: number): { user: number; sys: number } {
+  // The fields after the command name (which may hold spaces, hence the last ')'): utime is the 12th.
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return { user: Number(f[11]) / TICKS, sys: Number(f[12]) / TICKS };
+}
+
+/** CPU used by a process since `c0` (a processCpu reading). */
+function processCpuSince(pid: number, c0: { user: number; sys: number }): { user: number; sys: number } {
+  const c1 = processCpu(pid);
+  return { user: c1.user - c0.user, sys: c1.sys - c0.sys };
+}
+
+/** Peak resident set size (VmHWM) of a live process, in bytes. */
 export function peakRss(pid: number): number {
   const s = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
   const m = /^VmHWM:\s+(\d+)\s+kB/m.exec(s);
@@ -270,15 +292,28 @@ export async function startRouter(opts: {
   return { proc, port, dir, outgoing, stateDir, problems };
 }
 
-export async function storescu(aec: string, port: number, files: string[], associations = 1): Promise<void> {
+const TIME = '/usr/bin/time';
+const SENDER_CPU = 'SENDER_CPU';
+
+/**
+ * Sends the files over `associations` parallel storescu associations; resolves to the CPU seconds the
+ * storescu processes used (user + system, from time(1)), or NaN without /usr/bin/time.
+ */
+export async function storescu(aec: string, port: number, files: string[], associations = 1): Promise<number> {
   if (associations > 1) {
     const parts: string[][] = Array.from({ length: associations }, () => []);
     files.forEach((f, i) => parts[i % associations].push(f));
-    await Promise.all(parts.map((p) => storescu(aec, port, p)));
-    return;
+    const cpu = await Promise.all(parts.map((p) => storescu(aec, port, p)));
+    return cpu.reduce((a, b) => a + b, 0);
   }
-  const r = await run('storescu', ['-aet', 'STORESCU', '-aec', aec, '127.0.0.1', String(port), ...files], { timeoutMs: 30 * 60_000 });
+  const args = ['-aet', 'STORESCU', '-aec', aec, '127.0.0.1', String(port), ...files];
+  const timed = fs.existsSync(TIME);
+  const r = timed
+    ? await run(TIME, ['-f', `${SENDER_CPU} %U %S`, 'storescu', ...args], { timeoutMs: 30 * 60_000 })
+    : await run('storescu', args, { timeoutMs: 30 * 60_000 });
   if (r.code !== 0) throw new Error(`storescu exit ${r.code ?? r.signal}: ${(r.stderr + r.stdout).slice(-2000)}`);
+  const m = new RegExp(`${SENDER_CPU} ([\\d.]+) ([\\d.]+)`).exec(r.stderr);
+  return m ? Number(m[1]) + Number(m[2]) : NaN;
 }
 
 /**
@@ -365,7 +400,18 @@ interface Figures {
   rss: number;
   /** Share of the host's CPU busy while the images were sent (both cores). */
   hostBusy?: number;
+  /** CPU seconds while the images were sent: the whole host, the storescu senders, and the receiver (its
+   * own process times when `receiverMeasured`, else what the host used beyond the senders). */
+  cpu?: { host: number; senders: number; receiver: number; receiverSys?: number; receiverMeasured: boolean };
   stages?: StageTimings;
+}
+
+/** CPU figures of one run; `receiverCpu` undefined: estimated as host minus senders. */
+function cpuFigures(c0: { busy: number; total: number }, senders: number, receiverCpu?: { user: number; sys: number }): Figures['cpu'] {
+  const host = hostBusySecondsSince(c0);
+  return receiverCpu
+    ? { host, senders, receiver: receiverCpu.user + receiverCpu.sys, receiverSys: receiverCpu.sys, receiverMeasured: true }
+    : { host, senders, receiver: host - senders, receiverMeasured: false };
 }
 
 async function runStorescp(files: string[], assoc: number): Promise<Figures> {
@@ -374,15 +420,18 @@ async function runStorescp(files: string[], assoc: number): Promise<Figures> {
   try {
     const c0 = cpuTicks();
     const t0 = now();
-    await storescu('STORESCP', port, files, assoc);
+    const senders = await storescu('STORESCP', port, files, assoc);
     const secs = now() - t0;
     const hostBusy = hostBusySince(c0);
+    // storescp --fork's children are not all reaped yet, so their times are not in the parent's: the
+    // receiver's share is what the host used beyond the senders (background load included).
+    const cpu = cpuFigures(c0, senders);
     const rss = peakRss(proc.pid);
     // storescp --fork: a child may still be finishing its last file after its storescu exited.
     for (let i = 0; i < 50 && countFilesFlat(out) < files.length; i++) await sleep(20);
     const got = countFilesFlat(out);
     if (got !== files.length) throw new Error(`storescp: ${got}/${files.length} files written`);
-    return { secs, rss, hostBusy };
+    return { secs, rss, hostBusy, cpu };
   } finally {
     await stopProcess(proc);
     await fsp.rm(out, { recursive: true, force: true });
@@ -394,13 +443,17 @@ async function runOrthanc(files: string[], assoc: number): Promise<Figures> {
   const dir = await tmp('bench-orthanc-');
   const o = await startOrthanc({ dir, aeTitle: 'STORESCP' });
   try {
+    const c0 = cpuTicks();
+    const p0 = o.pid ? processCpu(o.pid) : undefined;
     const t0 = now();
-    await storescu('STORESCP', o.port, files, assoc);
+    const senders = await storescu('STORESCP', o.port, files, assoc);
     const secs = now() - t0;
+    const hostBusy = hostBusySince(c0);
+    const cpu = cpuFigures(c0, senders, o.pid && p0 ? processCpuSince(o.pid, p0) : undefined);
     const rss = o.pid ? peakRss(o.pid) : 0;
     const stats = (await o.get('/statistics')) as { CountInstances: number };
     if (stats.CountInstances !== files.length) throw new Error(`Orthanc: ${stats.CountInstances}/${files.length} instances`);
-    return { secs, rss };
+    return { secs, rss, hostBusy, cpu };
   } finally {
     await o.stop();
     await fsp.rm(dir, { recursive: true, force: true });
@@ -412,10 +465,12 @@ async function runRouter(files: string[], assoc: number, profileDir?: string, cl
   let stopped = false;
   try {
     const c0 = cpuTicks();
+    const p0 = processCpu(r.proc.pid);
     const t0 = now();
-    await storescu('DEID_ROUTER', r.port, files, assoc);
+    const senders = await storescu('DEID_ROUTER', r.port, files, assoc);
     const secs = now() - t0;
     const hostBusy = hostBusySince(c0);
+    const cpu = cpuFigures(c0, senders, processCpuSince(r.proc.pid, p0));
     const rss = peakRss(r.proc.pid);
     await stopProcess(r.proc, 10_000);
     stopped = true;
@@ -426,7 +481,7 @@ async function runRouter(files: string[], assoc: number, profileDir?: string, cl
     if (got !== files.length) throw new Error(`router: ${got}/${files.length} files under outgoing (quarantine: ${quarantined} files)`);
     if (quarantined) console.log(`  note: ${quarantined} files in quarantine`);
     if (profileDir) console.log(summariseProfile(profileDir));
-    return { secs, rss, hostBusy, stages: stageTimings(r.proc.output().stdout) };
+    return { secs, rss, hostBusy, cpu, stages: stageTimings(r.proc.output().stdout) };
   } finally {
     if (!stopped) await stopProcess(r.proc, 10_000);
     await fsp.rm(r.dir, { recursive: true, force: true });
@@ -442,16 +497,19 @@ async function runReplicas(files: string[], assoc: number, replicas: number, cli
     const parts: string[][] = Array.from({ length: assoc }, () => []);
     files.forEach((f, i) => parts[i % assoc].push(f));
     const c0 = cpuTicks();
+    const p0 = routers.map((r) => processCpu(r.proc.pid));
     const t0 = now();
-    await Promise.all(parts.map((p, k) => storescu('DEID_ROUTER', routers[k % replicas].port, p)));
+    const sent = await Promise.all(parts.map((p, k) => storescu('DEID_ROUTER', routers[k % replicas].port, p)));
     const secs = now() - t0;
     const hostBusy = hostBusySince(c0);
+    const used = routers.map((r, k) => processCpuSince(r.proc.pid, p0[k]));
+    const cpu = cpuFigures(c0, sent.reduce((a, b) => a + b, 0), { user: used.reduce((n, u) => n + u.user, 0), sys: used.reduce((n, u) => n + u.sys, 0) });
     const rss = Math.max(...routers.map((r) => peakRss(r.proc.pid)));
     await Promise.all(routers.map((r) => stopProcess(r.proc, 10_000)));
     stopped = true;
     const got = routers.reduce((n, r) => n + countFilesDeep(r.outgoing, '.dcm'), 0);
     if (got !== files.length) throw new Error(`routers: ${got}/${files.length} files under outgoing`);
-    return { secs, rss, hostBusy };
+    return { secs, rss, hostBusy, cpu };
   } finally {
     if (!stopped) await Promise.all(routers.map((r) => stopProcess(r.proc, 10_000)));
     await Promise.all(routers.map((r) => fsp.rm(r.dir, { recursive: true, force: true })));
@@ -547,7 +605,13 @@ async function main(): Promise<void> {
   const fmt = (label: string, f: Figures, extra = '') =>
     `  ${label} ${(count / f.secs).toFixed(1).padStart(7)} images/s ${(totalMB / f.secs).toFixed(1).padStart(7)} MB/s ` +
     `${f.secs.toFixed(2).padStart(7)} s  peak RSS ${(f.rss / MB).toFixed(0).padStart(4)} MB` +
-    `${f.hostBusy === undefined ? '' : `  host CPU busy ${(100 * f.hostBusy).toFixed(0)} %`}${extra}`;
+    `${f.hostBusy === undefined ? '' : `  host CPU busy ${(100 * f.hostBusy).toFixed(0)} %`}${extra}` +
+    (f.cpu && !Number.isNaN(f.cpu.senders)
+      ? `\n      CPU per image: host ${((1000 * f.cpu.host) / count).toFixed(2)} ms, senders ${((1000 * f.cpu.senders) / count).toFixed(2)} ms, ` +
+        `receiver ${((1000 * f.cpu.receiver) / count).toFixed(2)} ms` +
+        (f.cpu.receiverSys === undefined ? ' (host minus senders)' : ` (${((1000 * f.cpu.receiverSys) / count).toFixed(2)} ms of it in the kernel)`)
+      : '');
+  const cpuBounds: number[] = [];
 
   const ratios: number[] = [];
   const ceilings: Array<[number, number]> = [];
@@ -591,6 +655,13 @@ async function main(): Promise<void> {
           console.log(`  ceiling with perfect overlap: min(1, a/c) ${Math.min(1, a.secs / s).toFixed(2)}`);
         }
       }
+      if (assoc > 1 && a.cpu && b.cpu && !Number.isNaN(b.cpu.senders)) {
+        // With the host's cores as busy as (a) kept them, the images cannot go faster than the CPU that
+        // (b)'s senders and router need per image allows.
+        const bound = a.cpu.host / (b.cpu.senders + b.cpu.receiver);
+        cpuBounds.push(bound);
+        console.log(`  CPU bound: (a)'s host CPU / (b)'s senders + router CPU = ${bound.toFixed(2)} (the ratio reachable at the router's CPU per image, host as busy as in (a))`);
+      }
       as.push(a);
       bs.push(b);
       ratios.push(a.secs / b.secs);
@@ -613,6 +684,7 @@ async function main(): Promise<void> {
         : `physical ceiling (${assoc} associations, perfect overlap): ${median(ceilings.map((c) => c[0])).toFixed(2)}; router reaches ${(median(ratios) / median(ceilings.map((c) => c[0]))).toFixed(2)} of it`,
     );
   }
+  if (cpuBounds.length) console.log(`CPU bounds at the router's CPU per image: ${cpuBounds.map((x) => x.toFixed(2)).join(', ')}`);
   if (replicaRatios.length) console.log(`ratios with ${replicas} replicas: ${replicaRatios.map((x) => x.toFixed(2)).join(', ')}`);
   console.log(`RESULT scp ratio=${median(ratios).toFixed(2)}`);
 }
