@@ -13,7 +13,7 @@
 import { spawn, spawnSync } from 'child_process';
 import { randomBytes } from 'crypto';
 import { inflateRawSync, deflateRawSync } from 'zlib';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'fs';
+import { copyFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'fs';
 import { cpus, tmpdir } from 'os';
 import { basename, join, resolve } from 'path';
 import { parseArgs } from 'util';
@@ -200,6 +200,7 @@ async function main(): Promise<number> {
       runs: { type: 'string', default: '1' },
       keep: { type: 'boolean', default: false },
       'same-uids': { type: 'boolean', default: false },
+      'short-reps': { type: 'string' },
       cli: { type: 'string' },
       baseline: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
@@ -208,6 +209,8 @@ async function main(): Promise<number> {
   if (values.help) {
     process.stdout.write('usage: node .build-test/bench/batch-bench.js [--files N (2000)] [--runs K (1)] [--keep] [--same-uids] [--cli PATH] [--baseline PATH]\n' +
       '  --same-uids      plain copies: every rep holds the same SOP instances (ours then writes each once)\n' +
+      '  --short-reps K   also time both tools on the first K reps (default a quarter of them; 0: not), to split\n' +
+      '                   each tool\'s time into a fixed cost and a cost per file (its steady state)\n' +
       '  --cli PATH       our cli.js to time (default dist/cli.js), e.g. a copy of an earlier build\n' +
       '  --baseline PATH  also time this cli.js (e.g. a copy of dist/ from before a change, kept inside the\n' +
       '                   repo) in the same runs, as "base", with its own ratio: A/B under the same load\n');
@@ -298,6 +301,19 @@ async function main(): Promise<number> {
         if (r === 1) expected.set(dst, newUid);
       }
     }
+    // The short input: the first K reps again, as hard links (no copy, same bytes, same page cache).
+    const shortReps = Math.min(reps - 1, values['short-reps'] !== undefined ? parseInt(values['short-reps'], 10) || 0 : Math.floor(reps / 4));
+    const shortInput = join(work, 'in-short');
+    const nShort = shortReps > 0 ? shortReps * usable.length : 0;
+    let shortBytes = 0;
+    for (let r = 1; r <= shortReps; r++) {
+      const rep = `rep${String(r).padStart(4, '0')}`;
+      mkdirSync(join(shortInput, rep), { recursive: true });
+      for (const f of usable) {
+        linkSync(join(input, rep, f), join(shortInput, rep, f));
+        shortBytes += statSync(join(input, rep, f)).size;
+      }
+    }
     // Check that DCMTK reads the new UIDs back from the first rep (the others are built alike).
     for (const [file, uid] of expected) {
       const got = dcmdumpSopInstanceUid(file);
@@ -318,6 +334,8 @@ async function main(): Promise<number> {
     const ours: RunResult[] = [];
     const theirs: RunResult[] = [];
     const bases: RunResult[] = [];
+    const shortOurs: RunResult[] = [];
+    const shortTheirs: RunResult[] = [];
     let oursQuarantine = '';
     let oursOut = '';
     let theirOut = '';
@@ -326,17 +344,17 @@ async function main(): Promise<number> {
       const out1 = join(work, `out-ours-${i}`);
       const q = join(work, `q-${i}`);
       const out2 = join(work, `out-gdcmanon-${i}`);
-      const runOurs = async (path = cli, tag = 'ours') => {
+      const runOurs = async (path = cli, tag = 'ours', src = input, files = nFiles, bytes = nBytes) => {
         const o = tag === 'ours' ? out1 : join(work, `out-${tag}-${i}`);
-        const r = await timed(tag, process.execPath, [path, 'anonymize', '--config', config, input, o, '--quarantine', tag === 'ours' ? q : join(work, `q-${tag}-${i}`)], {
-          cwd: repo, env: { ...process.env, DEID_SALT: salt }, timeFile: join(work, `time-${tag}-${i}.txt`), files: nFiles, bytes: nBytes,
+        const r = await timed(tag, process.execPath, [path, 'anonymize', '--config', config, src, o, '--quarantine', tag === 'ours' ? q : join(work, `q-${tag}-${i}`)], {
+          cwd: repo, env: { ...process.env, DEID_SALT: salt }, timeFile: join(work, `time-${tag}-${i}.txt`), files, bytes,
         });
         spawnSync('sync'); // the other tool should not pay for this one's write-back
         return r;
       };
-      const runTheirs = async () => {
-        const r = await timed('gdcmanon', gdcmanon, ['-e', '-c', cert, '-r', '--continue', '-i', input, '-o', out2], {
-          cwd: work, env: process.env, timeFile: join(work, `time-gdcmanon-${i}.txt`), files: nFiles, bytes: nBytes,
+      const runTheirs = async (src = input, out = out2, files = nFiles, bytes = nBytes) => {
+        const r = await timed('gdcmanon', gdcmanon, ['-e', '-c', cert, '-r', '--continue', '-i', src, '-o', out], {
+          cwd: work, env: process.env, timeFile: join(work, `time-gdcmanon-${i}.txt`), files, bytes,
         });
         spawnSync('sync');
         return r;
@@ -357,6 +375,18 @@ async function main(): Promise<number> {
       ours.push(o);
       theirs.push(g);
       if (b) bases.push(b);
+      if (nShort) {
+        // The same pair over the short input, in the other order.
+        const so = () => runOurs(cli, 'short', shortInput, nShort, shortBytes);
+        const st = () => runTheirs(shortInput, join(work, `out-gdcmanon-short-${i}`), nShort, shortBytes);
+        if (i % 2) {
+          shortTheirs.push(await st());
+          shortOurs.push(await so());
+        } else {
+          shortOurs.push(await so());
+          shortTheirs.push(await st());
+        }
+      }
       process.stdout.write(`run ${i}/${runs}: ours ${o.seconds.toFixed(2)} s (exit ${o.exitCode}), gdcmanon ${g.seconds.toFixed(2)} s (exit ${g.exitCode})` +
         `${b ? `, base ${b.seconds.toFixed(2)} s (exit ${b.exitCode})` : ''}\n`);
       // Earlier outputs stay until the end. Deleting them here made every later run slower, for
@@ -451,6 +481,29 @@ async function main(): Promise<number> {
     if (ours.every((r) => r.cpuSeconds !== undefined) && theirs.every((r) => r.cpuSeconds !== undefined)) {
       const cpuRatio = median(theirs.map((r) => r.cpuSeconds!)) / median(ours.map((r) => r.cpuSeconds!));
       process.stdout.write(`ours/gdcmanon files per CPU second: ${cpuRatio.toFixed(2)}x (median CPU time; ours may use >1 core)\n`);
+    }
+    if (nShort) {
+      // Each tool's time as fixed + files x per-file (two sizes, paired by run): the per-file part is its
+      // steady state, the fixed part is start-up, loading and warming up. The ratio of the per-file parts is
+      // what the ratio approaches as a run grows; Node's bare start-up is the part of the fixed cost no
+      // JavaScript tool can avoid.
+      const perFile = (full: RunResult[], short: RunResult[]) => median(full.map((f, k) => (f.seconds - short[k].seconds) / (nFiles - nShort)));
+      const ourPer = perFile(ours, shortOurs);
+      const theirPer = perFile(theirs, shortTheirs);
+      const ourFixed = median(ours.map((r) => r.seconds)) - nFiles * ourPer;
+      const theirFixed = median(theirs.map((r) => r.seconds)) - nFiles * theirPer;
+      const bare: number[] = [];
+      for (let k = 0; k < 5; k++) {
+        const t0 = process.hrtime.bigint();
+        spawnSync(process.execPath, ['-e', '0']);
+        bare.push(Number(process.hrtime.bigint() - t0) / 1e9);
+      }
+      process.stdout.write(`fixed cost + cost per file, from these runs and runs over the first ${shortReps} reps (${nShort} files; ` +
+        `ours ${median(shortOurs.map((r) => r.seconds)).toFixed(2)} s, gdcmanon ${median(shortTheirs.map((r) => r.seconds)).toFixed(2)} s):\n` +
+        `  ours     ${ourFixed.toFixed(2)} s + ${(1000 * ourPer).toFixed(3)} ms/file\n` +
+        `  gdcmanon ${theirFixed.toFixed(2)} s + ${(1000 * theirPer).toFixed(3)} ms/file\n` +
+        `  steady-state ratio (gdcmanon ms/file / ours ms/file): ${(theirPer / ourPer).toFixed(2)}x; \`node -e 0\` alone takes ${median(bare).toFixed(2)} s\n` +
+        `  with ours' per-file cost, this run size reaches 2x only if ours' fixed cost is at most ${(median(theirs.map((r) => r.seconds)) / 2 - nFiles * ourPer).toFixed(2)} s\n`);
     }
     const wall = spawnSync('uptime', { encoding: 'utf8' }).stdout?.trim();
     if (wall) process.stdout.write(`machine: ${cpus().length} CPUs; ${wall}\n`);

@@ -159,7 +159,7 @@ async function main(): Promise<void> {
       rss500.push(ro.rss);
       // The sender waits for each answer, and the router answers once the image is durable in its spool:
       // no router that keeps that can beat direct/(direct + the disk's durable-write floor).
-      const floor = await runFloor(count, src.sourceBytes);
+      const floor = (await runFloor(count, src.sourceBytes)).secs;
       ceilings.push(d.secs / (d.secs + floor));
       console.log(line('floor ', count, floor, `  (temp + fdatasync + rename + folder fsync, no network)  ceiling direct/(direct+floor) ${(d.secs / (d.secs + floor)).toFixed(2)}`));
     }

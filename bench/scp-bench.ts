@@ -518,17 +518,25 @@ async function runReplicas(files: string[], assoc: number, replicas: number, cli
 
 /** The durable-write floor: N files of this size, each temp + fsync + rename + dir fsync, by `parallel`
  * threads at once (one: sequentially), as `parallel` associations would. */
-export async function runFloor(n: number, size: number, parallel = 1): Promise<number> {
+/** The durable-write floor's time, and the host CPU seconds it kept busy (this process, and the kernel's
+ * flusher and journal threads that the syncs put to work at once). */
+export interface FloorFigures {
+  secs: number;
+  hostCpu: number;
+}
+
+export async function runFloor(n: number, size: number, parallel = 1): Promise<FloorFigures> {
   const dir = await tmp('bench-floor-');
   try {
     if (parallel <= 1) {
       const buf = randomBytes(size);
+      const c0 = cpuTicks();
       const t0 = now();
       for (let i = 0; i < n; i++) {
         buf.writeUInt32LE(i, 0);
         writeFileAtomicSync(path.join(dir, 'a', 'b', `${i}.dcm`), [buf], { durable: true });
       }
-      return now() - t0;
+      return { secs: now() - t0, hostCpu: hostBusySecondsSince(c0) };
     }
     const folderJs = require.resolve('../src/deliver/folder');
     const code =
@@ -541,11 +549,12 @@ export async function runFloor(n: number, size: number, parallel = 1): Promise<n
       new Worker(code, { eval: true, workerData: { folderJs, size, n: Math.ceil(n / parallel), dir, k } }));
     const next = (w: Worker) => new Promise<void>((resolve, reject) => { w.once('message', () => resolve()); w.once('error', reject); });
     await Promise.all(workers.map(next)); // loaded: start together
+    const c0 = cpuTicks();
     const t0 = now();
     const done = workers.map(next);
     workers.forEach((w) => w.postMessage('go'));
     await Promise.all(done);
-    const t = now() - t0;
+    const t = { secs: now() - t0, hostCpu: hostBusySecondsSince(c0) };
     await Promise.all(workers.map((w) => w.terminate()));
     return t;
   } finally {
@@ -612,6 +621,7 @@ async function main(): Promise<void> {
         (f.cpu.receiverSys === undefined ? ' (host minus senders)' : ` (${((1000 * f.cpu.receiverSys) / count).toFixed(2)} ms of it in the kernel)`)
       : '');
   const cpuBounds: number[] = [];
+  const cpuCeilings: number[] = [];
 
   const ratios: number[] = [];
   const ceilings: Array<[number, number]> = [];
@@ -636,8 +646,19 @@ async function main(): Promise<void> {
       console.log(fmt('(b) router  ', b, `  event-loop delay p99 ${b.stages?.eventLoopDelayMs.p99 ?? '?'} ms  ratio b/a ${(a.secs / b.secs).toFixed(2)}`));
       console.log(formatStages(b.stages));
       if (floor) {
-        const s = await runFloor(count, src.sourceBytes, assoc);
-        console.log(`  (c) floor${assoc > 1 ? `×${assoc}` : '  '}  ${(count / s).toFixed(1).padStart(7)} images/s ${(totalMB / s).toFixed(1).padStart(7)} MB/s ${s.toFixed(2).padStart(7)} s`);
+        const fl = await runFloor(count, src.sourceBytes, assoc);
+        const s = fl.secs;
+        console.log(
+          `  (c) floor${assoc > 1 ? `×${assoc}` : '  '}  ${(count / s).toFixed(1).padStart(7)} images/s ${(totalMB / s).toFixed(1).padStart(7)} MB/s ${s.toFixed(2).padStart(7)} s` +
+            `  host CPU per image ${((1000 * fl.hostCpu) / count).toFixed(2)} ms`,
+        );
+        if (assoc > 1 && a.cpu) {
+          // A receiver that did all storescp does plus the durable write would need (a)'s host CPU and (c)'s
+          // per image; with the cores as busy as (a) kept them, that caps its ratio, whatever its design.
+          const bound = a.cpu.host / (a.cpu.host + fl.hostCpu);
+          cpuCeilings.push(bound);
+          console.log(`  CPU ceiling of storescp's work plus the durable write: a_cpu/(a_cpu+c_cpu) ${bound.toFixed(2)}`);
+        }
         const j = assoc === 1 ? await runJournalFloor(count, src.sourceBytes) : NaN;
         if (assoc === 1) console.log(`  (d) WAL floor ${(count / j).toFixed(1).padStart(7)} images/s ${(totalMB / j).toFixed(1).padStart(7)} MB/s ${j.toFixed(2).padStart(7)} s`);
         if (assoc === 1 && peer === 'storescp') {
@@ -685,6 +706,7 @@ async function main(): Promise<void> {
     );
   }
   if (cpuBounds.length) console.log(`CPU bounds at the router's CPU per image: ${cpuBounds.map((x) => x.toFixed(2)).join(', ')}`);
+  if (cpuCeilings.length) console.log(`CPU ceilings (storescp's work + durable write, host as busy as (a)): ${cpuCeilings.map((x) => x.toFixed(2)).join(', ')}`);
   if (replicaRatios.length) console.log(`ratios with ${replicas} replicas: ${replicaRatios.map((x) => x.toFixed(2)).join(', ')}`);
   console.log(`RESULT scp ratio=${median(ratios).toFixed(2)}`);
 }
