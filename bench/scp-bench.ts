@@ -31,6 +31,7 @@ import { Worker } from 'node:worker_threads';
 import { run, startProcess, stopProcess, freePort, waitForPort, type StartedProcess } from '../test/helpers/dcmtk';
 import { makeVariants, startOrthanc } from '../test/helpers/peers';
 import { phiCorpusDir as generatedPhiDir } from '../test/helpers/corpus';
+import { tempDir } from '../test/helpers/tmp';
 import { writeFileAtomicSync } from '../src/deliver/folder';
 
 // ------------------------------------------------------------------------------------------ shared helpers
@@ -58,8 +59,9 @@ export function argFlag(name: string): boolean {
   return process.argv.includes(name);
 }
 
+/** A temp dir that is removed when the bench exits, even when a run fails before its own rm. */
 export async function tmp(prefix: string): Promise<string> {
-  return fsp.mkdtemp(path.join(os.tmpdir(), prefix));
+  return tempDir(prefix);
 }
 
 /** n distinct variants (distinct SOP Instance UIDs) of the source image, written to a fresh temp dir. */

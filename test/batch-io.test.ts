@@ -3,12 +3,12 @@
 // anything still in use, failures are reported per file, and outcomes come back in file order.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'fs';
 import { join } from 'path';
 import { randomBytes } from 'crypto';
 import { BatchIo, InlineIo, type Completion, type FileIo } from '../src/commands/batch-io';
 import { TEMP_PREFIX } from '../src/deliver/folder';
+import { tempDir } from './helpers/tmp';
 
 interface Case {
   inputs: string[];
@@ -17,7 +17,7 @@ interface Case {
 }
 
 function makeInputs(n: number, size: (i: number) => number): Case {
-  const base = mkdtempSync(join(tmpdir(), 'deid-bio-'));
+  const base = tempDir('deid-bio-');
   mkdirSync(join(base, 'in'));
   const inputs: string[] = [];
   const contents: Buffer[] = [];

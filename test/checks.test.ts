@@ -2,8 +2,7 @@
 // command): burned-in annotation policies, the PHI gate's refusal, the honest broker's linkage log.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, mkdirSync, readFileSync, readdirSync, writeFileSync, existsSync, statSync } from 'fs';
-import { tmpdir } from 'os';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync, existsSync, statSync } from 'fs';
 import { join } from 'path';
 import { spawnSync } from 'child_process';
 import YAML from 'yaml';
@@ -16,6 +15,7 @@ import { planted, valueOf } from './helpers/plant';
 import { CORPUS_PHI, corpusAvailable } from './helpers/corpus';
 import { run } from './helpers/dcmtk';
 import { hasTool } from './helpers/tools';
+import { tempDir } from './helpers/tmp';
 
 const SALT = 'checks-test-salt-61b0e2';
 const skip = !corpusAvailable() || !hasTool('storescu');
@@ -155,7 +155,7 @@ describe('burned-in policies and linkage over the network', { skip }, () => {
   const status = new Map<string, string>();
 
   before(async () => {
-    base = mkdtempSync(join(tmpdir(), 'deid-checks-net-'));
+    base = tempDir('deid-checks-net-');
     inputs = makeInputs(join(base, 'in'));
     linkagePath = join(base, 'broker', 'linkage.jsonl');
     const config = loadConfig(writeConfig(base, linkagePath), {});
@@ -209,7 +209,7 @@ describe('burned-in policies and linkage over the network', { skip }, () => {
 
 describe('burned-in policies and linkage in batch', { skip }, () => {
   test('anonymize: the same verdicts; flagged images counted in the summary; linkage written once across runs', () => {
-    const base = mkdtempSync(join(tmpdir(), 'deid-checks-batch-'));
+    const base = tempDir('deid-checks-batch-');
     const inputs = makeInputs(join(base, 'in'));
     const linkagePath = join(base, 'broker', 'linkage.jsonl');
     const config = writeConfig(base, linkagePath);
@@ -234,7 +234,7 @@ describe('burned-in policies and linkage in batch', { skip }, () => {
 });
 
 test('configuration of the checks: located errors, resolved defaults, check-config shows them', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'deid-checks-config-'));
+  const dir = tempDir('deid-checks-config-');
   const write = (studies: unknown) => {
     writeFileSync(join(dir, 'router.yaml'), YAML.stringify({ stateDir: join(dir, 'state'), studies }));
     return join(dir, 'router.yaml');
@@ -262,7 +262,7 @@ test('configuration of the checks: located errors, resolved defaults, check-conf
 });
 
 test('a linkage log that cannot be written: the image is not delivered but quarantined, the run says so', () => {
-  const base = mkdtempSync(join(tmpdir(), 'deid-checks-nolink-'));
+  const base = tempDir('deid-checks-nolink-');
   mkdirSync(join(base, 'in'));
   input(join(base, 'in'), 'link', CT, 'LINKED');
   input(join(base, 'in'), 'plain', CT, 'PLAIN');

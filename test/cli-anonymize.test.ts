@@ -1,12 +1,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, mkdirSync, readFileSync, writeFileSync, copyFileSync, existsSync, readdirSync } from 'fs';
-import { tmpdir } from 'os';
+import { mkdirSync, readFileSync, writeFileSync, copyFileSync, existsSync, readdirSync } from 'fs';
 import { join } from 'path';
 import { createHash } from 'crypto';
 import { spawnSync } from 'child_process';
 import { CORPUS_PHI } from './helpers/corpus';
 import { TEMP_PREFIX } from '../src/deliver/folder';
+import { tempDir } from './helpers/tmp';
 
 const cli = (args: string[], env: NodeJS.ProcessEnv = {}) =>
   spawnSync(process.execPath, ['dist/cli.js', ...args], { encoding: 'utf8', env: { ...process.env, DEID_SALT: 'cli-test-salt-98a7', ...env } });
@@ -26,7 +26,7 @@ test('--help lists the commands; unknown command and missing args fail clearly',
 });
 
 test('anonymize: inputs untouched, non-DICOM skipped, bad DICOM quarantined with a reason, exit 1', () => {
-  const base = mkdtempSync(join(tmpdir(), 'deid-cli-'));
+  const base = tempDir('deid-cli-');
   const inc = join(base, 'in');
   mkdirSync(join(inc, 'sub'), { recursive: true });
   copyFileSync(join(CORPUS_PHI, 'pydicom__CT_small.dcm'), join(inc, 'a.dcm'));
@@ -60,7 +60,7 @@ test('anonymize: inputs untouched, non-DICOM skipped, bad DICOM quarantined with
 });
 
 test('anonymize --move removes inputs once they are safely written', () => {
-  const base = mkdtempSync(join(tmpdir(), 'deid-cli-'));
+  const base = tempDir('deid-cli-');
   const inc = join(base, 'in');
   mkdirSync(inc);
   copyFileSync(join(CORPUS_PHI, 'pydicom__CT_small.dcm'), join(inc, 'a.dcm'));
@@ -89,7 +89,7 @@ function distinctCopies(dir: string, n: number): Buffer[] {
 // 2 files are written on the main thread, 40 through the writer thread: both must quarantine.
 for (const n of [2, 40]) {
   test(`anonymize: results that cannot be written are quarantined with their originals (${n} files)`, () => {
-    const base = mkdtempSync(join(tmpdir(), 'deid-cli-'));
+    const base = tempDir('deid-cli-');
     const inc = join(base, 'in');
     mkdirSync(inc);
     const copies = distinctCopies(inc, n);
@@ -111,7 +111,7 @@ for (const n of [2, 40]) {
 }
 
 test('anonymize through the writer thread: 40 distinct images written whole, inputs moved only then', () => {
-  const base = mkdtempSync(join(tmpdir(), 'deid-cli-'));
+  const base = tempDir('deid-cli-');
   const inc = join(base, 'in');
   mkdirSync(inc);
   const copies = distinctCopies(inc, 40);

@@ -5,8 +5,7 @@
 // address (a dcmjs-dimse SCP here). Also: N-ACTION-RQs that are not a storage commitment request we provide.
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'fs';
 import { join } from 'path';
 import YAML from 'yaml';
 import { loadConfig } from '../src/config/load';
@@ -18,13 +17,14 @@ import { freePort, makeVariants, sleep, startReportScp, startStorescp, waitFor, 
 import { associate, EXPLICIT_LE } from './helpers/pdu';
 import { COMMITMENT, CT, Modality } from './helpers/commitment-scu';
 import { hasTool } from './helpers/tools';
+import { tempDir } from './helpers/tmp';
 
 const SALT = 'commitment-association-salt-5e1f';
 const skip = !corpusAvailable() || !hasTool('storescp') || !hasTool('storescu');
 
 describe('storage commitment result on the requesting association', { skip }, () => {
   test('reported on the same association (at once, and once the spool drains); not acknowledged there: on a new association; N-ACTIONs refused by type, class and instance', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-commit-assoc-'));
+    const dir = tempDir('deid-commit-assoc-');
     const routerPort = await freePort();
     const pacsPort = await freePort();
     const station = await startReportScp();
@@ -44,7 +44,7 @@ describe('storage commitment result on the requesting association', { skip }, ()
     const open: Modality[] = [];
     try {
       // Two CT images reach the router while the research PACS is down: answered Success, still spooled.
-      const imgDir = mkdtempSync(join(tmpdir(), 'deid-commit-assoc-in-'));
+      const imgDir = tempDir('deid-commit-assoc-in-');
       const variants = makeVariants(readFileSync(join(CORPUS_PHI, 'pydicom__CT_small.dcm')), 2, 515);
       const paths = variants.map((v) => {
         const f = join(imgDir, `${v.sopInstanceUid}.dcm`);
@@ -63,7 +63,7 @@ describe('storage commitment result on the requesting association', { skip }, ()
       await sleep(2000);
       assert.equal(m1.reports().length, 0, 'no result while the images are spooled');
       // ... and comes on that association once the PACS has them.
-      pacs = await startStorescp({ dir: mkdtempSync(join(tmpdir(), 'deid-commit-assoc-pacs-')), port: pacsPort, aeTitle: 'RESEARCH' });
+      pacs = await startStorescp({ dir: tempDir('deid-commit-assoc-pacs-'), port: pacsPort, aeTitle: 'RESEARCH' });
       const r1 = await m1.nextReport(1, 90_000);
       assert.deepEqual(r1.result, { eventTypeId: 1, transactionUid: '2.25.1001', committed: uids, failed: [] });
       m1.answer(r1.messageId, 0x0000);

@@ -6,9 +6,8 @@
 // could take) leaves every claimed instance committed for the next request, answered by a third run.
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'fs';
+import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'fs';
 import { spawnSync } from 'child_process';
-import { tmpdir } from 'os';
 import { join } from 'path';
 import YAML from 'yaml';
 import { loadConfig } from '../src/config/load';
@@ -18,6 +17,7 @@ import { run, startProcess, waitForPort, type StartedProcess } from './helpers/d
 import { freePort, makeVariants, startReportScp, waitFor } from './helpers/peers';
 import { CT, Modality } from './helpers/commitment-scu';
 import { hasTool } from './helpers/tools';
+import { tempDir } from './helpers/tmp';
 
 const SALT = 'commitment-durability-salt-77a1';
 
@@ -63,7 +63,7 @@ function fsyncedPaths(...logs: string[]): Set<string> {
 
 describe('storage commitment index durability', { skip }, () => {
   test('a report claims only entries made durable before it; SIGKILL after a store does not fail what was stored', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-commit-durable-'));
+    const dir = tempDir('deid-commit-durable-');
     const routerPort = await freePort();
     const station = await startReportScp();
     const configFile = join(dir, 'router.yaml');
@@ -79,7 +79,7 @@ describe('storage commitment index durability', { skip }, () => {
     const index = new CommitmentIndex(stateDir, SALT);
     const entry = (uid: string): string => join(index.dir, `${index.keyOf(uid)}.json`);
     const variants = makeVariants(readFileSync(join(CORPUS_PHI, 'pydicom__CT_small.dcm')), 3, 321);
-    const imgDir = mkdtempSync(join(tmpdir(), 'deid-commit-durable-in-'));
+    const imgDir = tempDir('deid-commit-durable-in-');
     const paths = variants.map((v) => {
       const f = join(imgDir, `${v.sopInstanceUid}.dcm`);
       writeFileSync(f, v.bytes);

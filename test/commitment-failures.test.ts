@@ -7,8 +7,7 @@
 //   (its earlier dead letter no longer counts).
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'fs';
 import { join } from 'path';
 import YAML from 'yaml';
 import { loadConfig } from '../src/config/load';
@@ -20,6 +19,7 @@ import { run } from './helpers/dcmtk';
 import { freePort, makeVariants, startRefusingScp, waitFor, type RefusingScp } from './helpers/peers';
 import { CT, Modality } from './helpers/commitment-scu';
 import { hasTool } from './helpers/tools';
+import { tempDir } from './helpers/tmp';
 
 const SALT = 'commitment-failures-salt-c0ffee42';
 const PROCESSING_FAILURE = 0x0110;
@@ -32,7 +32,7 @@ function dcmFiles(dir: string): string[] {
 
 /** Writes n CT images with distinct SOP Instance UIDs; with protocolName, their ProtocolName (the study tag) is replaced. */
 async function writeImages(n: number, seed: number, protocolName?: string): Promise<Array<{ path: string; uid: string }>> {
-  const dir = mkdtempSync(join(tmpdir(), 'deid-commit-fail-in-'));
+  const dir = tempDir('deid-commit-fail-in-');
   const out = makeVariants(readFileSync(join(CORPUS_PHI, 'pydicom__CT_small.dcm')), n, seed).map((v) => {
     const path = join(dir, `${v.sopInstanceUid}.dcm`);
     writeFileSync(path, v.bytes);
@@ -64,7 +64,7 @@ function writeConfig(file: string, dir: string, routerPort: number, pacsPort: nu
 
 describe('storage commitment failures', { skip }, () => {
   test('time limit: images still spooled when it runs out are reported failed (0x0110) and the request is removed', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-commit-fail-limit-'));
+    const dir = tempDir('deid-commit-fail-limit-');
     const routerPort = await freePort();
     const pacsPort = await freePort(); // nothing listens there: the research PACS is down
     const file = join(dir, 'router.yaml');
@@ -106,7 +106,7 @@ describe('storage commitment failures', { skip }, () => {
   });
 
   test('dead letter: the refused image is reported failed (0x0110), the one the PACS took and one quarantined by policy committed; sent again and stored, committed', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-commit-fail-dead-'));
+    const dir = tempDir('deid-commit-fail-dead-');
     const routerPort = await freePort();
     const downPort = await freePort();
     const file = join(dir, 'router.yaml');

@@ -3,8 +3,7 @@
 // by N-EVENT-REPORT on a new association to Orthanc, whose REST API shows the report.
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'fs';
 import { join } from 'path';
 import YAML from 'yaml';
 import { loadConfig } from '../src/config/load';
@@ -15,6 +14,7 @@ import { CORPUS_PHI, corpusAvailable } from './helpers/corpus';
 import { run } from './helpers/dcmtk';
 import { freePort, makeVariants, startOrthanc, startStorescp, waitFor, type Peer } from './helpers/peers';
 import { hasTool } from './helpers/tools';
+import { tempDir } from './helpers/tmp';
 
 const SALT = 'commitment-test-salt-a11ce5e7';
 const skip = !corpusAvailable() || !hasTool('Orthanc') || !hasTool('storescp');
@@ -23,7 +23,7 @@ interface Report { Status: string; Success?: Array<{ SOPClassUID: string; SOPIns
 
 describe('storage commitment with Orthanc as the modality', { skip }, () => {
   test('committed once durable everywhere (waits for a PACS that is down, across a restart of the router); a never-sent UID is reported failed', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-commit-'));
+    const dir = tempDir('deid-commit-');
     const routerPort = await freePort();
     const pacsPort = await freePort();
     const orthanc = await startOrthanc({
@@ -43,7 +43,7 @@ describe('storage commitment with Orthanc as the modality', { skip }, () => {
     let pacs: Peer | undefined;
     try {
       // The modality's images: three CT instances, put into Orthanc by C-STORE.
-      const imgDir = mkdtempSync(join(tmpdir(), 'deid-commit-in-'));
+      const imgDir = tempDir('deid-commit-in-');
       const variants = makeVariants(readFileSync(join(CORPUS_PHI, 'pydicom__CT_small.dcm')), 3, 777);
       const paths = variants.map((v) => {
         const f = join(imgDir, `${v.sopInstanceUid}.dcm`);
@@ -76,7 +76,7 @@ describe('storage commitment with Orthanc as the modality', { skip }, () => {
       assert.equal(((await orthanc.get(`/storage-commitment/${txn}`)) as Report).Status, 'Pending');
 
       // The PACS comes up: the spool drains and the report says committed, every instance.
-      const pacsDir = mkdtempSync(join(tmpdir(), 'deid-commit-pacs-'));
+      const pacsDir = tempDir('deid-commit-pacs-');
       pacs = await startStorescp({ dir: pacsDir, port: pacsPort, aeTitle: 'RESEARCH' });
       await waitFor(async () => ((await orthanc.get(`/storage-commitment/${txn}`)) as Report).Status !== 'Pending', 90_000, 'the commitment report');
       const report = (await orthanc.get(`/storage-commitment/${txn}`)) as Report;

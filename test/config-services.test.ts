@@ -2,15 +2,15 @@
 // endpoints, storage commitment. Every key is checked with a located message.
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { writeFileSync } from 'fs';
 import { join } from 'path';
 import { spawnSync } from 'child_process';
 import { loadConfig } from '../src/config/load';
 import { ConfigError } from '../src/config/types';
+import { tempDir } from './helpers/tmp';
 
 function routerYaml(text: string): string {
-  const dir = mkdtempSync(join(tmpdir(), 'deid-config-svc-'));
+  const dir = tempDir('deid-config-svc-');
   writeFileSync(join(dir, 'router.yaml'), text);
   return dir;
 }

@@ -1,7 +1,6 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync, mkdirSync, readFileSync, statSync, existsSync } from 'fs';
-import { tmpdir } from 'os';
+import { writeFileSync, mkdirSync, readFileSync, statSync, existsSync } from 'fs';
 import { join } from 'path';
 import { spawnSync } from 'child_process';
 import { loadConfig } from '../src/config/load';
@@ -9,9 +8,10 @@ import { resolveSalt } from '../src/config/salt';
 import { ConfigError } from '../src/config/types';
 import { resolveStudy, sanitizePathComponent } from '../src/identify';
 import { el, makeObject } from './helpers/build';
+import { tempDir } from './helpers/tmp';
 
 function dirWith(files: Record<string, unknown>): string {
-  const dir = mkdtempSync(join(tmpdir(), 'deid-config-'));
+  const dir = tempDir('deid-config-');
   for (const [name, content] of Object.entries(files)) {
     writeFileSync(join(dir, name), typeof content === 'string' ? content : JSON.stringify(content, null, 1));
   }

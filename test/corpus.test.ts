@@ -1,10 +1,10 @@
 import { createHash } from 'crypto';
+import { tempDir } from './helpers/tmp';
 // The whole PHI corpus through the batch command: no planted marker survives, every output is
 // valid DICOM, pixel data and research metadata are untouched, UIDs stay consistent.
 import { test, describe, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readdirSync, readFileSync, existsSync } from 'fs';
-import { tmpdir } from 'os';
+import { readdirSync, readFileSync, existsSync } from 'fs';
 import { join, relative } from 'path';
 import { spawnSync } from 'child_process';
 import { CORPUS_PHI } from './helpers/corpus';
@@ -57,7 +57,7 @@ describe('PHI corpus through anonymize', { skip }, () => {
   const inputs = skip ? [] : readdirSync(CORPUS_PHI).filter((f) => f.endsWith('.dcm')).map((f) => join(CORPUS_PHI, f));
 
   before(() => {
-    const base = mkdtempSync(join(tmpdir(), 'deid-corpus-'));
+    const base = tempDir('deid-corpus-');
     out1 = join(base, 'out1');
     out2 = join(base, 'out2');
     q1 = join(base, 'q1');
@@ -210,7 +210,7 @@ describe('PHI corpus through anonymize', { skip }, () => {
 
   test('dciodvfy finds no error in an output that it did not find in the input', { skip: !hasTool('dciodvfy') }, () => {
     const pipeline = new DeidPipeline(loadConfig('config/', { DEID_SALT: SALT }), SALT);
-    const dir = mkdtempSync(join(tmpdir(), 'deid-dciodvfy-'));
+    const dir = tempDir('deid-dciodvfy-');
     const errors = (file: string) => new Set(
       spawnSync('dciodvfy', [file], { encoding: 'latin1' }).stderr.split('\n').filter((l) => l.startsWith('Error'))
         // UIDs change by design; compare the messages without them.

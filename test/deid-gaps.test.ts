@@ -4,8 +4,7 @@
 // encode) with the default configuration, then read back by us and by dcmtk.
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { writeFileSync } from 'fs';
 import { join } from 'path';
 import { spawnSync } from 'child_process';
 import { deflateRawSync } from 'zlib';
@@ -18,11 +17,12 @@ import { mapUid } from '../src/deid/engine';
 import { BUILTIN_DEFAULT_STUDY } from '../src/identify';
 import { DEFAULT_STUDY } from '../src/config/types';
 import { CEl, CT, EBE, ELE, ILE, MARK, ORIG, PIXELS, TSX, ctElements, ctFile, encodeDataset, gapFiles, part10, s } from './fixtures/craft';
+import { tempDir } from './helpers/tmp';
 
 const SALT = 'gap-test-salt-5f0c2e7a9b';
 
 function pipeline(studies: Record<string, unknown> = {}): DeidPipeline {
-  const dir = mkdtempSync(join(tmpdir(), 'deid-gaps-'));
+  const dir = tempDir('deid-gaps-');
   const file = join(dir, 'router.yaml');
   writeFileSync(file, YAML.stringify({ salt: SALT, stateDir: join(dir, 'state'), studies }));
   return new DeidPipeline(loadConfig(file, {}), SALT);
@@ -35,7 +35,7 @@ function run(file: Buffer, p = pipeline()): Out {
   const r = p.process({ kind: 'file', bytes: file });
   assert.ok(r.chunks, `not processed: quarantine=${r.quarantine}`);
   const bytes = Buffer.concat(r.chunks);
-  const dir = mkdtempSync(join(tmpdir(), 'deid-gaps-out-'));
+  const dir = tempDir('deid-gaps-out-');
   writeFileSync(join(dir, 'out.dcm'), bytes);
   const d = spawnSync('dcmdump', ['+U8', '-q', join(dir, 'out.dcm')], { encoding: 'latin1' });
   assert.equal(d.status, 0, `dcmdump cannot read the output: ${d.stderr}`);
@@ -165,7 +165,7 @@ describe('#13 de-identification gaps', () => {
     ]));
     assertNoLeak(out, ['Jones']);
     assert.ok(!out.obj.dataset.some((e) => (e.tag >>> 16 & 0xff00) === 0x6000));
-    const dir = mkdtempSync(join(tmpdir(), 'deid-gaps-ovl-'));
+    const dir = tempDir('deid-gaps-ovl-');
     writeFileSync(join(dir, 'o.dcm'), out.bytes);
     const v = spawnSync('dciodvfy', [join(dir, 'o.dcm')], { encoding: 'latin1' });
     assert.doesNotMatch(v.stdout + v.stderr, /Error.*Overlay/i);

@@ -5,14 +5,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { readFileSync, writeFileSync } from 'fs';
 import { dirname, join, posix } from 'path';
 import YAML from 'yaml';
 import { loadConfig } from '../src/config/load';
 import { HEALTH_PATH, READY_PATH } from '../src/observe/http';
 import type { DicomDestinationConfig, FolderDestinationConfig, RouterConfig } from '../src/config/types';
 import { hasTool } from './helpers/tools';
+import { tempDir } from './helpers/tmp';
 
 type Obj = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
@@ -152,7 +152,7 @@ test('docker-compose.yml: replicas, volumes, salt secret, command and the resear
 
 test('docker-compose.yml is valid for a real compose client, with and without --profile scale', (t) => {
   if (!hasTool('docker-compose')) return t.skip('docker-compose is not installed');
-  const dir = mkdtempSync(join(tmpdir(), 'deid-compose-'));
+  const dir = tempDir('deid-compose-');
   const salt = join(dir, 'salt');
   writeFileSync(salt, 'a'.repeat(64));
   const run = (args: string[]) => spawnSync('docker-compose', ['-f', 'docker-compose.yml', ...args], { encoding: 'utf8', env: { ...process.env, DEID_SALT_FILE: salt } });
@@ -208,7 +208,7 @@ test('deploy/ Kubernetes manifests: StatefulSet with a state volume per pod, Sec
   assert.equal(volumes.config.configMap.name, kustomization.configMapGenerator[0].name);
   assert.deepEqual((kustomization.configMapGenerator[0].files as string[]).map((f) => f.replace(/^config\//, '')).sort(), ['router.yaml', 'stations.json', 'studies.json']);
   // The placeholder salt is one the router refuses: applying it unchanged cannot run with it.
-  const placeholder = join(mkdtempSync(join(tmpdir(), 'deid-k8s-')), 'router.yaml');
+  const placeholder = join(tempDir('deid-k8s-'), 'router.yaml');
   writeFileSync(placeholder, YAML.stringify({ salt: secret.stringData[item.key] }));
   assert.throws(() => loadConfig(placeholder, {}), /example value/);
   // The Service sends the DICOM port to the pods' dicom port.

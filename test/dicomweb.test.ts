@@ -2,8 +2,7 @@
 // modality (dcmtk) -> serve -> spool -> StowQueue -> Orthanc /dicom-web/studies.
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'fs';
 import { join } from 'path';
 import { spawnSync } from 'child_process';
 import YAML from 'yaml';
@@ -19,6 +18,7 @@ import { findLeaks } from './helpers/leaks';
 import { run } from './helpers/dcmtk';
 import { freePort, makeVariants, startOrthanc, waitFor, ORTHANC_DICOMWEB_PLUGIN, type OrthancPeer } from './helpers/peers';
 import { hasTool } from './helpers/tools';
+import { tempDir } from './helpers/tmp';
 
 const SALT = 'dicomweb-test-salt-5eed7a11';
 const skip = !corpusAvailable() || !hasTool('Orthanc') || !existsSync(ORTHANC_DICOMWEB_PLUGIN) || !hasTool('storescu');
@@ -54,7 +54,7 @@ describe('STOW-RS outcome of one instance', () => {
 
 describe('DICOMweb STOW-RS to Orthanc', { skip }, () => {
   test('the corpus arrives: instance, series and study counts and UIDs match over Orthanc REST', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-stow-'));
+    const dir = tempDir('deid-stow-');
     const orthanc: OrthancPeer = await startOrthanc({ dir, dicomweb: true });
     const config = loadConfig(writeConfig(dir, `http://127.0.0.1:${orthanc.httpPort}/dicom-web`), {});
     const node = await startNode(config, SALT, silentLogger());
@@ -101,7 +101,7 @@ describe('DICOMweb STOW-RS to Orthanc', { skip }, () => {
   });
 
   test('Orthanc stopped: images wait in the spool and arrive after it starts; a 4xx-refused instance is a dead letter', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-stow-down-'));
+    const dir = tempDir('deid-stow-down-');
     const httpPort = await freePort();
     const port = await freePort();
     const configFile = writeConfig(dir, `http://127.0.0.1:${httpPort}/dicom-web/`);
@@ -109,7 +109,7 @@ describe('DICOMweb STOW-RS to Orthanc', { skip }, () => {
     const node = await startNode(config, SALT, silentLogger());
     let orthanc: OrthancPeer | undefined;
     try {
-      const imgDir = mkdtempSync(join(tmpdir(), 'deid-stow-in-'));
+      const imgDir = tempDir('deid-stow-in-');
       const files = makeVariants(readFileSync(join(CORPUS_PHI, 'pydicom__CT_small.dcm')), 6, 321).map((v) => {
         const f = join(imgDir, `${v.sopInstanceUid}.dcm`);
         writeFileSync(f, v.bytes);
@@ -161,7 +161,7 @@ describe('DICOMweb STOW-RS to Orthanc', { skip }, () => {
 
 describe('STOW-RS queue stop', () => {
   test('a server that takes the request and never answers: stop(graceMs) returns after the grace period, the image stays spooled and is sent by the next queue', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-stow-stop-'));
+    const dir = tempDir('deid-stow-stop-');
     const http = await import('node:http');
     const received: string[] = [];
     let answer = false;

@@ -1,14 +1,14 @@
 // DurableWriter: atomic, durable writes off the event loop with shared folder fsyncs.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, existsSync } from 'fs';
-import { tmpdir } from 'os';
+import { readFileSync, readdirSync, rmSync, existsSync } from 'fs';
 import { join } from 'path';
 import { randomBytes } from 'crypto';
 import { DurableWriter } from '../src/deliver/durable-writer';
+import { tempDir } from './helpers/tmp';
 
 function tmp(): string {
-  return mkdtempSync(join(tmpdir(), 'durable-writer-'));
+  return tempDir('durable-writer-');
 }
 
 test('many files written concurrently into one folder: each complete under its name, no temp file left', async () => {

@@ -7,8 +7,7 @@
 // Seeded, so a failure is reproducible: FC_SEED=<n> FC_RUNS=<n> to explore further.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { writeFileSync } from 'fs';
 import { join } from 'path';
 import { spawnSync } from 'child_process';
 import fc from 'fast-check';
@@ -20,6 +19,7 @@ import { readPart10 } from '../src/dicom/read';
 import { PROFILE_ROWS } from '../src/deid/profile.generated';
 import { lookupTag } from '../src/dicom/dictionary';
 import { CEl, CT, EBE, ELE, Enc, ILE, TSX, ctElements, encodeDataset, part10, s } from './fixtures/craft';
+import { tempDir } from './helpers/tmp';
 
 const SALT = 'property-test-salt-81d2c4';
 const SEED = Number(process.env.FC_SEED ?? 20261130);
@@ -115,7 +115,7 @@ function build(t: Tree, counter: { n: number }, depth: number): CEl[] {
 const syntaxes: Array<[Enc, string]> = [[ELE, TSX.ExplicitLE], [ILE, TSX.ImplicitLE], [EBE, TSX.ExplicitBE]];
 
 test('Basic Profile output of random datasets holds no planted marker, is read by dcmtk, keeps pixel data', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'deid-prop-'));
+  const dir = tempDir('deid-prop-');
   const cfg = join(dir, 'router.yaml');
   writeFileSync(cfg, YAML.stringify({ salt: SALT, stateDir: join(dir, 'state') }));
   const pipeline = new DeidPipeline(loadConfig(cfg, {}), SALT);

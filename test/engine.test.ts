@@ -1,7 +1,6 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { writeFileSync } from 'fs';
 import { join } from 'path';
 import YAML from 'yaml';
 import { loadConfig } from '../src/config/load';
@@ -12,11 +11,12 @@ import { writePart10 } from '../src/dicom/write';
 import { readPart10 } from '../src/dicom/read';
 import { shiftDate, shiftDateTime, shiftTime } from '../src/deid/dates';
 import { el, makeObject, sq, tagOf } from './helpers/build';
+import { tempDir } from './helpers/tmp';
 
 const SALT = 'unit-test-salt-0123456789';
 
 function studyPlan(study: Record<string, unknown>, salt = SALT) {
-  const dir = mkdtempSync(join(tmpdir(), 'deid-engine-'));
+  const dir = tempDir('deid-engine-');
   const file = join(dir, 'router.yaml');
   writeFileSync(file, YAML.stringify({ studies: { T: study } }));
   const c = loadConfig(file, {});

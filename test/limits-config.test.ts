@@ -2,17 +2,17 @@
 // storage SCP and the reader.
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { writeFileSync } from 'fs';
 import { join } from 'path';
 import { spawnSync } from 'child_process';
 import { loadConfig } from '../src/config/load';
 import { ConfigError } from '../src/config/types';
 import { DeidPipeline } from '../src/pipeline';
 import { DEFAULT_NETWORK_LIMITS } from '../src/receive';
+import { tempDir } from './helpers/tmp';
 
 function configFile(yaml: string): string {
-  const dir = mkdtempSync(join(tmpdir(), 'deid-limits-'));
+  const dir = tempDir('deid-limits-');
   writeFileSync(join(dir, 'router.yaml'), yaml);
   return join(dir, 'router.yaml');
 }

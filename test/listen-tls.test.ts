@@ -2,8 +2,7 @@
 // storescu/echoscu +tls and a test CA made with openssl here.
 import { test, describe, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, readdirSync, writeFileSync, existsSync, statSync } from 'fs';
-import { tmpdir } from 'os';
+import { readFileSync, readdirSync, writeFileSync, existsSync, statSync } from 'fs';
 import { join } from 'path';
 import { spawnSync } from 'child_process';
 import { Writable } from 'stream';
@@ -17,6 +16,7 @@ import { elementString, findElement } from '../src/dicom/dataset';
 import { CORPUS_PHI, corpusAvailable } from './helpers/corpus';
 import { run } from './helpers/dcmtk';
 import { hasTool } from './helpers/tools';
+import { tempDir } from './helpers/tmp';
 
 const SALT = 'listen-tls-test-salt-0b5e55ed';
 const skip = !corpusAvailable() || !hasTool('storescu') || !hasTool('openssl');
@@ -55,7 +55,7 @@ const files = (dir: string): string[] => {
 describe('listening endpoints: plain and DICOM TLS side by side', { skip }, () => {
   let dir: string;
   before(() => {
-    dir = mkdtempSync(join(tmpdir(), 'deid-listen-tls-'));
+    dir = tempDir('deid-listen-tls-');
     makePki(dir);
   });
 

@@ -6,8 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as net from 'net';
-import { mkdtempSync, readFileSync, readdirSync, writeFileSync, existsSync } from 'fs';
-import { tmpdir } from 'os';
+import { readFileSync, readdirSync, writeFileSync, existsSync } from 'fs';
 import { join } from 'path';
 import YAML from 'yaml';
 import { el } from './helpers/build';
@@ -20,6 +19,7 @@ import {
   PDU, RawPeer, associateRq, pData, dataPdus, cStoreRq, cEchoRq, commandsIn, releaseRq, abortPdu, splitPdus, splitRawPdus,
   VERIFICATION, CT_IMAGE_STORAGE, EXPLICIT_LE as EXPLICIT_LE_UID, IMPLICIT_LE, ProposedContext,
 } from './helpers/pdu';
+import { tempDir } from './helpers/tmp';
 
 const HOST = '127.0.0.1';
 const AE = 'DEID_ROUTER';
@@ -169,7 +169,7 @@ test('network fuzz: the node survives hostile and broken peers, keeps serving, l
   const seed = Number(process.env.FUZZ_SEED ?? 20261130);
   const rnd = prng(seed);
   const int = (n: number) => Math.floor(rnd() * n);
-  const dir = mkdtempSync(join(tmpdir(), 'deid-fuzz-'));
+  const dir = tempDir('deid-fuzz-');
   const out = join(dir, 'outgoing');
   const port = await freePort();
   const httpPort = await freePort();

@@ -4,8 +4,7 @@
 // screenshot kept), and the Bearer token.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, mkdirSync, readFileSync, readdirSync, writeFileSync, existsSync } from 'fs';
-import { tmpdir } from 'os';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync, existsSync } from 'fs';
 import { join, resolve } from 'path';
 import * as http from 'http';
 import YAML from 'yaml';
@@ -21,6 +20,7 @@ import { makeVariants, startStorescp, waitFor, type Peer } from './helpers/peers
 import { hasTool } from './helpers/tools';
 import { parsePrometheusText, sampleValue, type Exposition } from './helpers/prometheus';
 import { launchChromium } from './helpers/browser';
+import { tempDir } from './helpers/tmp';
 
 const SALT = 'observe-http-test-salt-41c9';
 const TOKEN = 'test-token-0123456789abcdef';
@@ -50,7 +50,7 @@ describe('HTTP face: metrics, status page, token', { skip }, () => {
   let exposition: Exposition;
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'deid-http-'));
+    dir = tempDir('deid-http-');
     mkdirSync(join(dir, 'pacs'));
     pacs = await startStorescp({ dir: join(dir, 'pacs'), aeTitle: 'RESEARCH_PACS' });
     const cfg = {

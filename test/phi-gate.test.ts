@@ -3,8 +3,7 @@
 // identifiers a study keeps on purpose pass.
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { readFileSync, readdirSync, writeFileSync } from 'fs';
 import { join } from 'path';
 import YAML from 'yaml';
 import { loadConfig } from '../src/config/load';
@@ -18,6 +17,7 @@ import { el, sq, tagOf } from './helpers/build';
 import { CORPUS_CLEAN, CORPUS_PHI, corpusAvailable, phiTruth } from './helpers/corpus';
 import { planted } from './helpers/plant';
 import { PHI_MARKERS } from './helpers/leaks';
+import { tempDir } from './helpers/tmp';
 
 const SALT = 'phi-gate-test-salt-4c1d';
 const skip = !corpusAvailable();
@@ -25,7 +25,7 @@ const skip = !corpusAvailable();
 /** A pipeline whose default station names the study by ProtocolName before "^" (STUDYA^T1 ->
  * STUDYA), with the given STUDYA rules. */
 function pipelineWith(studyA: Record<string, unknown>): DeidPipeline {
-  const dir = mkdtempSync(join(tmpdir(), 'deid-gate-'));
+  const dir = tempDir('deid-gate-');
   writeFileSync(join(dir, 'router.yaml'), YAML.stringify({
     stateDir: join(dir, 'state'),
     destinations: { out: { type: 'folder', path: join(dir, 'out') } },

@@ -5,7 +5,7 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'child_process';
 import { randomBytes } from 'crypto';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'fs';
 import { tmpdir } from 'os';
 import { join, relative, resolve, sep } from 'path';
 import YAML from 'yaml';
@@ -19,6 +19,7 @@ import { readPart10 } from '../src/dicom/read';
 import { writePart10 } from '../src/dicom/write';
 import { elementString, findElement, type DicomObject, type Element } from '../src/dicom/dataset';
 import { sanitizePathComponent } from '../src/identify';
+import { tempDir } from './helpers/tmp';
 
 const PHI = phiCorpusDir();
 const PROTOCOL_NAME = 0x00181030;
@@ -91,7 +92,7 @@ function refusedImages(dir: string): string[] {
 
 describe('privacy: what anonymize prints and keeps', () => {
   test('trace-level logs, summary and quarantine reasons hold no planted value, original UID or salt', () => {
-    const base = mkdtempSync(join(tmpdir(), 'deid-priv-anon-'));
+    const base = tempDir('deid-priv-anon-');
     const inc = join(base, 'in');
     mkdirSync(inc);
     for (const f of readdirSync(PHI).filter((x) => x.endsWith('.dcm'))) copyFileSync(join(PHI, f), join(inc, f));
@@ -118,7 +119,7 @@ describe('privacy: what anonymize prints and keeps', () => {
   });
 
   test('a generated salt is written to its file, never printed', () => {
-    const base = mkdtempSync(join(tmpdir(), 'deid-priv-gen-'));
+    const base = tempDir('deid-priv-gen-');
     mkdirSync(join(base, 'in'));
     copyFileSync(join(PHI, 'pydicom__MR_small.dcm'), join(base, 'in', 'a.dcm'));
     writeFileSync(join(base, 'router.yaml'), YAML.stringify({ stateDir: join(base, 'state') }));
@@ -143,7 +144,7 @@ describe('privacy: the salt is never printed', () => {
   }
 
   test('check-config with the salt in the file, in DEID_SALT, in a salt file, per study and per rule', () => {
-    const base = mkdtempSync(join(tmpdir(), 'deid-priv-salt-'));
+    const base = tempDir('deid-priv-salt-');
     const saltFile = join(base, 'salt.txt');
     writeFileSync(saltFile, `${SALT}-file\n`);
     const studySalt = `${SALT}-study`;
@@ -162,7 +163,7 @@ describe('privacy: the salt is never printed', () => {
   });
 
   test('configuration errors do not echo the salt, even when the file around it is broken', () => {
-    const base = mkdtempSync(join(tmpdir(), 'deid-priv-salterr-'));
+    const base = tempDir('deid-priv-salterr-');
     const broken: string[] = [
       // A wrong value elsewhere in an otherwise valid file.
       YAML.stringify({ salt: SALT, stateDir: join(base, 'state'), unknownStudy: 'sometimes' }),
@@ -196,7 +197,7 @@ describe('privacy: the salt is never printed', () => {
 
 describe('privacy: what serve prints and keeps', { skip: !hasTool('dcmsend') || !hasTool('storescu') }, () => {
   test('trace-level logs of the whole corpus, refused images and refused callers hold no planted value, original UID or salt', async () => {
-    const base = mkdtempSync(join(tmpdir(), 'deid-priv-serve-'));
+    const base = tempDir('deid-priv-serve-');
     const port = await freePort();
     writeFileSync(join(base, 'router.yaml'), YAML.stringify({
       listen: { aeTitle: 'DEID_ROUTER', host: '127.0.0.1', port },
@@ -270,7 +271,7 @@ describe('privacy: study names cannot leave the output folder', () => {
   });
 
   test('anonymize: images of studies with hostile names land inside OUTGOING, one folder per study', () => {
-    const base = mkdtempSync(join(tmpdir(), 'deid-priv-path-'));
+    const base = tempDir('deid-priv-path-');
     const names = HOSTILE.filter((n) => n.trim() !== '' && !n.includes('\0') && !/[\\^]/.test(n));
     const studies: Record<string, unknown> = {};
     for (const n of names) studies[n] = { RemovePrivateTags: true };

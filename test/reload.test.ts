@@ -4,8 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'fs';
 import { join } from 'path';
 import * as http from 'http';
 import YAML from 'yaml';
@@ -14,6 +13,7 @@ import { parsePart10Meta } from '../src/deliver/spool';
 import { CORPUS_PHI, corpusAvailable } from './helpers/corpus';
 import { makeVariants, waitFor } from './helpers/peers';
 import { parsePrometheusText, sampleValue } from './helpers/prometheus';
+import { tempDir } from './helpers/tmp';
 
 const skip = !corpusAvailable();
 
@@ -33,7 +33,7 @@ function get(port: number, path: string): Promise<string> {
 }
 
 test('SIGHUP reload with an open association: good config applied, bad config refused and logged, association kept', { skip }, async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'deid-reload-'));
+  const dir = tempDir('deid-reload-');
   const config = (studyDestination: string, extraStudies: Record<string, unknown> = {}) => ({
     listen: { aeTitle: 'DEID_ROUTER', host: '127.0.0.1', port: 0 },
     http: { host: '127.0.0.1', port: 0 },
@@ -121,7 +121,7 @@ test('SIGHUP reload with an open association: good config applied, bad config re
 });
 
 test('serve with its HTTP port taken: exits 3 naming the address, nothing left running', async () => {
-  const dir = mkdtempSync(join(tmpdir(), 'deid-httptaken-'));
+  const dir = tempDir('deid-httptaken-');
   const blocker = http.createServer();
   await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', () => r()));
   const taken = (blocker.address() as import('net').AddressInfo).port;

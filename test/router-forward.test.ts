@@ -2,8 +2,7 @@
 // ForwardQueue -> storescp / Orthanc. What the modality was told Success for must arrive.
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, readdirSync, writeFileSync, existsSync } from 'fs';
-import { tmpdir } from 'os';
+import { readFileSync, readdirSync, writeFileSync, existsSync } from 'fs';
 import { join } from 'path';
 import { spawnSync } from 'child_process';
 import YAML from 'yaml';
@@ -18,6 +17,7 @@ import { findLeaks } from './helpers/leaks';
 import { run, startProcess, stopProcess, waitForPort, freePort } from './helpers/dcmtk';
 import { makeVariants, startStorescp, startOrthanc, startRefusingScp, waitFor, OrthancPeer } from './helpers/peers';
 import { hasTool } from './helpers/tools';
+import { tempDir } from './helpers/tmp';
 
 const SALT = 'forward-test-salt-c0ffee42';
 const skip = !hasTool('storescp');
@@ -60,7 +60,7 @@ const spoolCount = (stateDir: string) => filesIn(join(stateDir, 'spool', 'pacs')
 
 describe('forwarding to a research PACS', { skip }, () => {
   test('dcmtk storescp as the PACS: the whole corpus arrives de-identified, pixel data byte-identical', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-fwd-'));
+    const dir = tempDir('deid-fwd-');
     const pacsDir = join(dir, 'pacs');
     require('fs').mkdirSync(pacsDir);
     const pacs = await startStorescp({ dir: pacsDir, aeTitle: 'RESEARCH' });
@@ -118,13 +118,13 @@ describe('forwarding to a research PACS', { skip }, () => {
   });
 
   test('Orthanc as the PACS: its REST API lists the de-identified studies, series and instances', { skip: !hasTool('Orthanc') }, async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-orthanc-'));
+    const dir = tempDir('deid-orthanc-');
     const orthanc: OrthancPeer = await startOrthanc({ dir, aeTitle: 'ORTHANC' });
     const config = loadConfig(writeConfig(dir, 0, { port: orthanc.port, aeTitle: 'ORTHANC' }), {});
     const node = await startNode(config, SALT, silentLogger());
     try {
       // Two studies: 6 images of one series from CT_small variants, and MR_small.
-      const imgDir = mkdtempSync(join(tmpdir(), 'deid-orthanc-in-'));
+      const imgDir = tempDir('deid-orthanc-in-');
       const files = [...makeImages(imgDir, 6, 500), join(CORPUS_PHI, 'pydicom__MR_small.dcm')];
       const r = await run('storescu', ['-aet', 'STORESCU', '-aec', 'DEID_ROUTER', '127.0.0.1', String(node.scp.port), ...files]);
       assert.equal(r.code, 0, r.stderr);
@@ -145,7 +145,7 @@ describe('forwarding to a research PACS', { skip }, () => {
   });
 
   test('PACS down at the start, up 10 s later: every image arrives, once, and the spool empties', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-down-'));
+    const dir = tempDir('deid-down-');
     const pacsDir = join(dir, 'pacs');
     require('fs').mkdirSync(pacsDir);
     const pacsPort = await freePort();
@@ -153,7 +153,7 @@ describe('forwarding to a research PACS', { skip }, () => {
     const node = await startNode(config, SALT, silentLogger());
     let pacs;
     try {
-      const files = makeImages(mkdtempSync(join(tmpdir(), 'deid-down-in-')), 20, 600);
+      const files = makeImages(tempDir('deid-down-in-'), 20, 600);
       const r = await run('storescu', ['-aet', 'STORESCU', '-aec', 'DEID_ROUTER', '127.0.0.1', String(node.scp.port), ...files]);
       assert.equal(r.code, 0, r.stderr); // the modality is done although the PACS is down
       assert.equal(spoolCount(config.stateDir), 20);
@@ -170,8 +170,8 @@ describe('forwarding to a research PACS', { skip }, () => {
   });
 
   test('a PACS that rejects one image: it ends in the dead letters with its status, the others arrive; spool retry re-queues it', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-reject-'));
-    const files = makeImages(mkdtempSync(join(tmpdir(), 'deid-reject-in-')), 8, 700);
+    const dir = tempDir('deid-reject-');
+    const files = makeImages(tempDir('deid-reject-in-'), 8, 700);
     const probe = loadConfig(writeConfig(dir, 0, { port: 1, aeTitle: 'X' }), {});
     const victim = new DeidPipeline(probe, SALT).process({ kind: 'file', bytes: readFileSync(files[3]) }).uids!.sopInstanceUid;
     const pacs = await startRefusingScp({ refuseSopInstanceUid: victim, status: 0xa900 });
@@ -202,13 +202,13 @@ describe('forwarding to a research PACS', { skip }, () => {
   });
 
   test('router killed with SIGKILL in the middle of 200 images, restarted: every image the sender was told Success for arrives', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-kill-'));
+    const dir = tempDir('deid-kill-');
     const pacsDir = join(dir, 'pacs');
     require('fs').mkdirSync(pacsDir);
     const pacs = await startStorescp({ dir: pacsDir, aeTitle: 'RESEARCH' });
     const routerPort = await freePort();
     const configFile = writeConfig(dir, routerPort, { port: pacs.port, aeTitle: 'RESEARCH' });
-    const files = makeImages(mkdtempSync(join(tmpdir(), 'deid-kill-in-')), 200, 800);
+    const files = makeImages(tempDir('deid-kill-in-'), 200, 800);
     const startRouter = () => startProcess(process.execPath, ['dist/cli.js', 'serve', '--config', configFile], { env: { DEID_SALT: SALT } });
     let router = startRouter();
     try {
@@ -246,7 +246,7 @@ describe('forwarding to a research PACS', { skip }, () => {
 
 describe('several destinations for one study', { skip }, () => {
   test('Destinations: [outgoing, pacs] writes the folder and forwards, the same bytes', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-multi-'));
+    const dir = tempDir('deid-multi-');
     const pacsDir = join(dir, 'pacs');
     require('fs').mkdirSync(pacsDir);
     const pacs = await startStorescp({ dir: pacsDir, aeTitle: 'RESEARCH' });
@@ -285,7 +285,7 @@ describe('several destinations for one study', { skip }, () => {
 
 describe('TLS to the research PACS', { skip: skip || !hasTool('openssl') }, () => {
   test('a dicom destination with tls settings forwards over TLS (dcmtk storescp +tls), the server certificate checked', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-tls-'));
+    const dir = tempDir('deid-tls-');
     const ssl = spawnSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'),
       '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1', '-days', '2'], { encoding: 'utf8' });
     assert.equal(ssl.status, 0, ssl.stderr);
@@ -318,7 +318,7 @@ describe('TLS to the research PACS', { skip: skip || !hasTool('openssl') }, () =
     const config2 = loadConfig(file2, {});
     const node2 = await startNode(config2, SALT, silentLogger());
     try {
-      const f = makeImages(mkdtempSync(join(tmpdir(), 'deid-tls-in-')), 1, 900)[0];
+      const f = makeImages(tempDir('deid-tls-in-'), 1, 900)[0];
       assert.equal((await run('storescu', ['-aet', 'STORESCU', '-aec', 'DEID_ROUTER', '127.0.0.1', String(node2.scp.port), f])).code, 0);
       await new Promise((res) => setTimeout(res, 3000));
       assert.equal(spoolCount(config2.stateDir), 1);

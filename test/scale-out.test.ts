@@ -10,8 +10,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'fs';
 import { join } from 'path';
 import * as http from 'http';
 import YAML from 'yaml';
@@ -22,6 +21,7 @@ import { run, startProcess, stopProcess, type StartedProcess } from './helpers/d
 import { corpusFiles, freePort, makeVariants, readReceived, startStorescp, uniqueCorpus, waitFor, sleep, type Peer } from './helpers/peers';
 import { parsePrometheusText, sampleValue } from './helpers/prometheus';
 import { hasTool } from './helpers/tools';
+import { tempDir } from './helpers/tmp';
 
 const SALT = 'scale-out-test-salt-93f0a2';
 const skip = !corpusAvailable() || !hasTool('haproxy') || !hasTool('dcmsend') || !hasTool('storescp');
@@ -139,7 +139,7 @@ async function sendAll(port: number, ae: string, files: string[]): Promise<{ ret
 test('scale-out: 3 replicas behind haproxy, one SIGKILLed and restarted; outputs identical to one replica, the killed spool drains', { skip, timeout: 180_000 }, async (t) => {
   const t0 = Date.now();
   const phase = (what: string) => t.diagnostic(`${what}: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-  const dir = mkdtempSync(join(tmpdir(), 'deid-scale-'));
+  const dir = tempDir('deid-scale-');
   const input = join(dir, 'input');
   mkdirSync(input);
 

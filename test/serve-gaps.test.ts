@@ -5,8 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'child_process';
-import { mkdtempSync, readFileSync, readdirSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { readFileSync, readdirSync, writeFileSync } from 'fs';
 import { join } from 'path';
 import YAML from 'yaml';
 import { StoreAssociation } from '../src/deliver/dimse-scu';
@@ -14,6 +13,7 @@ import { freePort, waitForPort } from './helpers/dcmtk';
 import { CEl, CT, ELE, ILE, Enc, MARK, ORIG, PIXELS, TSX, ctElements, encodeDataset, s } from './fixtures/craft';
 import { readPart10 } from '../src/dicom/read';
 import { findElement } from '../src/dicom/dataset';
+import { tempDir } from './helpers/tmp';
 
 const SALT = 'serve-gaps-salt-2b9e41d07c';
 
@@ -22,7 +22,7 @@ function walk(dir: string): string[] {
 }
 
 test('sequences sent as UN or OB reach no output unread, small or streamed', async () => {
-  const base = mkdtempSync(join(tmpdir(), 'deid-serve-gaps-'));
+  const base = tempDir('deid-serve-gaps-');
   const port = await freePort();
   const out = join(base, 'out');
   writeFileSync(join(base, 'router.yaml'), YAML.stringify({

@@ -4,8 +4,7 @@
 // and say why.
 import { test, describe, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, utimesSync, writeFileSync } from 'fs';
-import { tmpdir } from 'os';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, utimesSync, writeFileSync } from 'fs';
 import { join } from 'path';
 import YAML from 'yaml';
 import { loadConfig } from '../src/config/load';
@@ -18,10 +17,11 @@ import { run, startProcess, stopProcess, freePort } from './helpers/dcmtk';
 import { makeVariants } from './helpers/peers';
 import { hasTool } from './helpers/tools';
 import { mountRefusal, mountTmpfs, remount, unmount } from './helpers/mounts';
+import { tempDir } from './helpers/tmp';
 
 const SALT = 'serve-storage-test-salt-52c1';
 const skip = !corpusAvailable() || !hasTool('storescu');
-const root = mkdtempSync(join(tmpdir(), 'deid-storage-'));
+const root = tempDir('deid-storage-');
 const mounted: string[] = [];
 after(() => {
   for (const m of mounted) unmount(m);

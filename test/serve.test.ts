@@ -2,8 +2,7 @@
 // by dcmsend in its own transfer syntax, station routing, per-image failures, concurrency, SIGTERM.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, mkdirSync, readFileSync, readdirSync, writeFileSync, existsSync } from 'fs';
-import { tmpdir } from 'os';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync, existsSync } from 'fs';
 import { join, relative } from 'path';
 import YAML from 'yaml';
 import { loadConfig } from '../src/config/load';
@@ -18,6 +17,7 @@ import { findLeaks } from './helpers/leaks';
 import { run, startProcess, stopProcess, waitForPort, freePort } from './helpers/dcmtk';
 import { makeVariants } from './helpers/peers';
 import { hasTool } from './helpers/tools';
+import { tempDir } from './helpers/tmp';
 
 const SALT = 'serve-test-salt-7d3e11';
 const skip = !hasTool('storescu');
@@ -30,7 +30,7 @@ function walk(dir: string): string[] {
 interface Node { node: RunningNode; port: number; dir: string; out: string; config: ReturnType<typeof loadConfig> }
 
 async function startTestNode(extra: Record<string, unknown> = {}, stations?: unknown, studies?: unknown): Promise<Node> {
-  const dir = mkdtempSync(join(tmpdir(), 'deid-serve-'));
+  const dir = tempDir('deid-serve-');
   const out = join(dir, 'outgoing');
   const cfg: Record<string, unknown> = {
     listen: { aeTitle: 'DEID_ROUTER', host: '127.0.0.1', port: 0, allowUnknownCallers: false },
@@ -119,7 +119,7 @@ describe('storage SCP (serve)', { skip }, () => {
   });
 
   test('a dataset the engine rejects gets a failure status; the next image on the association succeeds', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-bad-'));
+    const dir = tempDir('deid-bad-');
     const src = readPart10(readFileSync(join(CORPUS_PHI, 'pydicom__MR_small.dcm')));
     // Same image without StudyInstanceUID: nowhere to file it, so the engine refuses it.
     const bad = { ...src, dataset: src.dataset.filter((e) => e.tag !== 0x0020000d) };
@@ -141,7 +141,7 @@ describe('storage SCP (serve)', { skip }, () => {
   });
 
   test('four concurrent storescu associations: every image stored exactly once', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-conc-'));
+    const dir = tempDir('deid-conc-');
     const base = readFileSync(join(CORPUS_PHI, 'pydicom__CT_small.dcm'));
     const groups: string[][] = [];
     for (let g = 0; g < 4; g++) {
@@ -201,7 +201,7 @@ describe('station routing over the network', { skip }, () => {
 
 describe('serve as a process', { skip }, () => {
   test('SIGTERM: stops accepting, answers what is in flight, exits 0', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-sig-'));
+    const dir = tempDir('deid-sig-');
     const port = await freePort();
     writeFileSync(join(dir, 'router.yaml'), YAML.stringify({
       listen: { aeTitle: 'DEID_ROUTER', host: '127.0.0.1', port },
@@ -236,7 +236,7 @@ describe('logs carry no patient data', { skip }, () => {
     const { Writable } = require('stream') as typeof import('stream');
     const sink = new Writable({ write(chunk: Buffer, _e, cb) { lines.push(chunk.toString('utf8')); cb(); } });
     const logger = pino({ level: 'trace' }, sink);
-    const dir = mkdtempSync(join(tmpdir(), 'deid-logs-'));
+    const dir = tempDir('deid-logs-');
     writeFileSync(join(dir, 'router.yaml'), YAML.stringify({
       listen: { aeTitle: 'DEID_ROUTER', host: '127.0.0.1', port: 0 },
       stateDir: join(dir, 'state'),
@@ -275,7 +275,7 @@ const PHI_TEXT = ['ZZPHI', 'ZZPID', 'ZZACC', 'ZZINST', 'ZZREF', 'ZZSTN', 'STUDYA
 
 describe('delivery failures', { skip }, () => {
   test('an image that cannot be written gets a failure status and its original is quarantined', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'deid-deliverfail-'));
+    const dir = tempDir('deid-deliverfail-');
     const blocker = join(dir, 'not-a-folder');
     writeFileSync(blocker, 'a file where the outgoing folder should be');
     writeFileSync(join(dir, 'router.yaml'), YAML.stringify({

@@ -2,8 +2,7 @@
 // very bytes the buffered path gives, wherever the PDVs and PDUs are cut; an image cut off leaves nothing.
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, readdirSync, writeFileSync, existsSync } from 'fs';
-import { tmpdir } from 'os';
+import { readFileSync, readdirSync, writeFileSync, existsSync } from 'fs';
 import { join } from 'path';
 import * as net from 'net';
 import YAML from 'yaml';
@@ -27,6 +26,7 @@ import { CT, ILE, ORIG, TSX, ctElements, encodeDataset, part10, s } from './fixt
 import { run } from './helpers/dcmtk';
 import { hasTool } from './helpers/tools';
 import { pData } from './helpers/pdu';
+import { tempDir } from './helpers/tmp';
 
 /** A P-DATA-TF PDU with one PDV on context 1; control: bit 0 command, bit 1 last fragment. */
 const pdv = (control: number, frag: Buffer): Buffer => pData(1, frag, { command: (control & 1) !== 0, last: (control & 2) !== 0 });
@@ -150,7 +150,7 @@ const SYNTAXES: Array<[string, string, Syntax, boolean]> = [
 ];
 
 describe('streaming C-STORE path', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'store-stream-'));
+  const dir = tempDir('store-stream-');
   const pipeline = new DeidPipeline(config(dir), SALT);
 
   for (const [name, ts, syntax, encapsulated] of SYNTAXES) {
@@ -229,7 +229,7 @@ describe('streaming C-STORE path', () => {
   });
 
   test('an image aborted while streaming leaves neither output nor temp file (real writer)', async () => {
-    const d = mkdtempSync(join(tmpdir(), 'store-stream-abort-'));
+    const d = tempDir('store-stream-abort-');
     const p = new DeidPipeline(config(d), SALT);
     const w = new DurableWriter();
     const out = join(d, 'outgoing');
@@ -254,7 +254,7 @@ describe('streaming C-STORE path', () => {
 
 describe('streaming over the network', () => {
   test('association aborted in the middle of an image: no visible output, no temp file; the next image is stored', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'store-stream-net-'));
+    const dir = tempDir('store-stream-net-');
     const node = await startNode(config(dir), SALT, silentLogger());
     const out = join(dir, 'outgoing');
     try {

@@ -5,12 +5,12 @@ import { promises as fsp } from 'node:fs';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as net from 'node:net';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
 import { after, type TestContext } from 'node:test';
 import { datasetSopUids, parsePart10Meta, type Part10Meta } from '../../src/deliver/spool';
 import { CLEAN_DIR } from './corpus';
+import { tempDir } from './tmp';
 
 export const CORPUS = process.env.CORPUS_DIR ?? CLEAN_DIR;
 
@@ -25,8 +25,9 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/** A temp dir removed when the process exits (helpers/tmp), for callers that also remove it sooner. */
 export async function tmpDir(prefix: string): Promise<string> {
-  return fsp.mkdtemp(path.join(os.tmpdir(), prefix));
+  return tempDir(prefix);
 }
 
 export function sleep(ms: number): Promise<void> {
