@@ -50,7 +50,6 @@ async function runDirect(files: string[]): Promise<Direct> {
     return { secs };
   } finally {
     await stopProcess(proc);
-    await fsp.rm(out, { recursive: true, force: true });
   }
 }
 
@@ -114,8 +113,6 @@ async function runRouted(files: string[], maxAssociations: number, profileDir?: 
   } finally {
     if (router && !stopped) await stopProcess(router.proc, 15_000);
     await stopProcess(pacs.proc);
-    await fsp.rm(out, { recursive: true, force: true });
-    if (router) await fsp.rm(router.dir, { recursive: true, force: true });
   }
 }
 

@@ -60,6 +60,13 @@ export function argFlag(name: string): boolean {
 }
 
 /** A temp dir that is removed when the bench exits, even when a run fails before its own rm. */
+/**
+ * A temp dir for one run, kept until the bench exits (tempDir removes it then). Not deleted between runs:
+ * on ext4 without a journal (these machines) every new inode skips those deleted in the last minutes
+ * (recently_deleted() in fs/ext4/ialloc.c), and deleting a round's 500-1,500 files made the next round's
+ * file creations a sixth of the router's CPU in a perf profile, the router creating twice as many files
+ * (image and commitment index entry) as storescp.
+ */
 export async function tmp(prefix: string): Promise<string> {
   return tempDir(prefix);
 }
@@ -436,7 +443,6 @@ async function runStorescp(files: string[], assoc: number): Promise<Figures> {
     return { secs, rss, hostBusy, cpu };
   } finally {
     await stopProcess(proc);
-    await fsp.rm(out, { recursive: true, force: true });
   }
 }
 
@@ -458,7 +464,6 @@ async function runOrthanc(files: string[], assoc: number): Promise<Figures> {
     return { secs, rss, hostBusy, cpu };
   } finally {
     await o.stop();
-    await fsp.rm(dir, { recursive: true, force: true });
   }
 }
 
@@ -486,7 +491,6 @@ async function runRouter(files: string[], assoc: number, profileDir?: string, cl
     return { secs, rss, hostBusy, cpu, stages: stageTimings(r.proc.output().stdout) };
   } finally {
     if (!stopped) await stopProcess(r.proc, 10_000);
-    await fsp.rm(r.dir, { recursive: true, force: true });
   }
 }
 
@@ -514,7 +518,6 @@ async function runReplicas(files: string[], assoc: number, replicas: number, cli
     return { secs, rss, hostBusy, cpu };
   } finally {
     if (!stopped) await Promise.all(routers.map((r) => stopProcess(r.proc, 10_000)));
-    await Promise.all(routers.map((r) => fsp.rm(r.dir, { recursive: true, force: true })));
   }
 }
 
@@ -529,39 +532,35 @@ export interface FloorFigures {
 
 export async function runFloor(n: number, size: number, parallel = 1): Promise<FloorFigures> {
   const dir = await tmp('bench-floor-');
-  try {
-    if (parallel <= 1) {
-      const buf = randomBytes(size);
-      const c0 = cpuTicks();
-      const t0 = now();
-      for (let i = 0; i < n; i++) {
-        buf.writeUInt32LE(i, 0);
-        writeFileAtomicSync(path.join(dir, 'a', 'b', `${i}.dcm`), [buf], { durable: true });
-      }
-      return { secs: now() - t0, hostCpu: hostBusySecondsSince(c0) };
-    }
-    const folderJs = require.resolve('../src/deliver/folder');
-    const code =
-      "const { workerData: w, parentPort } = require('worker_threads'); const { join } = require('path');" +
-      "const { writeFileAtomicSync } = require(w.folderJs); const buf = require('crypto').randomBytes(w.size);" +
-      "parentPort.once('message', () => { for (let i = 0; i < w.n; i++) { buf.writeUInt32LE(i, 0);" +
-      " writeFileAtomicSync(join(w.dir, 'a', 'b', w.k + '-' + i + '.dcm'), [buf], { durable: true }); } parentPort.postMessage('done'); });" +
-      "parentPort.postMessage('ready');";
-    const workers = Array.from({ length: parallel }, (_, k) =>
-      new Worker(code, { eval: true, workerData: { folderJs, size, n: Math.ceil(n / parallel), dir, k } }));
-    const next = (w: Worker) => new Promise<void>((resolve, reject) => { w.once('message', () => resolve()); w.once('error', reject); });
-    await Promise.all(workers.map(next)); // loaded: start together
+  if (parallel <= 1) {
+    const buf = randomBytes(size);
     const c0 = cpuTicks();
     const t0 = now();
-    const done = workers.map(next);
-    workers.forEach((w) => w.postMessage('go'));
-    await Promise.all(done);
-    const t = { secs: now() - t0, hostCpu: hostBusySecondsSince(c0) };
-    await Promise.all(workers.map((w) => w.terminate()));
-    return t;
-  } finally {
-    await fsp.rm(dir, { recursive: true, force: true });
+    for (let i = 0; i < n; i++) {
+      buf.writeUInt32LE(i, 0);
+      writeFileAtomicSync(path.join(dir, 'a', 'b', `${i}.dcm`), [buf], { durable: true });
+    }
+    return { secs: now() - t0, hostCpu: hostBusySecondsSince(c0) };
   }
+  const folderJs = require.resolve('../src/deliver/folder');
+  const code =
+    "const { workerData: w, parentPort } = require('worker_threads'); const { join } = require('path');" +
+    "const { writeFileAtomicSync } = require(w.folderJs); const buf = require('crypto').randomBytes(w.size);" +
+    "parentPort.once('message', () => { for (let i = 0; i < w.n; i++) { buf.writeUInt32LE(i, 0);" +
+    " writeFileAtomicSync(join(w.dir, 'a', 'b', w.k + '-' + i + '.dcm'), [buf], { durable: true }); } parentPort.postMessage('done'); });" +
+    "parentPort.postMessage('ready');";
+  const workers = Array.from({ length: parallel }, (_, k) =>
+    new Worker(code, { eval: true, workerData: { folderJs, size, n: Math.ceil(n / parallel), dir, k } }));
+  const next = (w: Worker) => new Promise<void>((resolve, reject) => { w.once('message', () => resolve()); w.once('error', reject); });
+  await Promise.all(workers.map(next)); // loaded: start together
+  const c0 = cpuTicks();
+  const t0 = now();
+  const done = workers.map(next);
+  workers.forEach((w) => w.postMessage('go'));
+  await Promise.all(done);
+  const t = { secs: now() - t0, hostCpu: hostBusySecondsSince(c0) };
+  await Promise.all(workers.map((w) => w.terminate()));
+  return t;
 }
 
 /** The write-ahead-log floor: the same N images each overwritten into a slot of a preallocated, already
@@ -585,7 +584,6 @@ async function runJournalFloor(n: number, size: number): Promise<number> {
     return now() - t0;
   } finally {
     fs.closeSync(fd);
-    await fsp.rm(dir, { recursive: true, force: true });
   }
 }
 
