@@ -8,7 +8,7 @@
 // 3×N images to show whether the router's peak RSS grows with the number of images.
 //
 // Build: npm run build && npx tsc -p tsconfig.test.json
-// Usage: node .build-test/bench/e2e-bench.js [--rounds 3] [--count 500] [--big 1500|0] [--max-assoc 2] [--profile DIR]
+// Usage: node .build-test/bench/e2e-bench.js [--rounds 3] [--count 500] [--big 1500|0] [--max-assoc 2] [--warmup 100] [--profile DIR]
 // The last line is "RESULT e2e ratio=X.XX rss500=..MB rss1500=..MB".
 // dcmtk tools run with TCP_NODELAY=1; everything on 127.0.0.1 with free ports; processes stopped by pid.
 // storescp has no --fork here: it serves one association at a time (a second association from the
@@ -38,14 +38,18 @@ interface Routed {
   rss: number;
 }
 
+/** Images sent first, untimed, to each fresh receiver (--warmup; see scp-bench's warmFiles). */
+let warmFiles: string[] = [];
+
 async function runDirect(files: string[]): Promise<Direct> {
   const out = await tmp('bench-pacs-');
   const { proc, port } = await startDcmtkStorescp(out, 'PACS');
   try {
+    if (warmFiles.length) await storescu('PACS', port, warmFiles);
     const t0 = now();
     await storescu('PACS', port, files);
     const secs = now() - t0;
-    const got = countFilesFlat(out);
+    const got = countFilesFlat(out) - warmFiles.length;
     if (got !== files.length) throw new Error(`direct: ${got}/${files.length} arrived`);
     return { secs };
   } finally {
@@ -61,7 +65,15 @@ async function runRouted(files: string[], maxAssociations: number, profileDir?: 
   try {
     router = await startRouter({ defaultDestination: 'pacs', pacsPort: pacs.port, pacsAeTitle: 'PACS', maxAssociations, profileDir });
     const r = router;
-    const n = files.length;
+    // Warm-up, untimed: sent, and arrived in the PACS, before the clock starts.
+    const w = warmFiles.length;
+    if (w) {
+      await storescu('DEID_ROUTER', r.port, warmFiles);
+      for (let i = 0; i < 6000 && countFilesFlat(out) < w; i++) await sleep(20);
+      if (countFilesFlat(out) < w) throw new Error(`router: warm-up stuck at ${countFilesFlat(out)}/${w} in the PACS`);
+      await sleep(200); // storescp writes under the final name while receiving: let the last one finish
+    }
+    const n = files.length + w;
     let done = false;
     let secs = 0;
     let firstSecs = NaN;
@@ -72,7 +84,7 @@ async function runRouted(files: string[], maxAssociations: number, profileDir?: 
       let lastChange = now();
       while (!done) {
         const got = countFilesFlat(out);
-        if (got > 0 && Number.isNaN(firstSecs)) firstSecs = now() - t0;
+        if (got > w && Number.isNaN(firstSecs)) firstSecs = now() - t0;
         if (got >= n) {
           secs = now() - t0;
           return;
@@ -95,7 +107,7 @@ async function runRouted(files: string[], maxAssociations: number, profileDir?: 
       throw e;
     }
     const ingestSecs = now() - t0;
-    const arrivedAtIngestEnd = countFilesFlat(out);
+    const arrivedAtIngestEnd = countFilesFlat(out) - w;
     await watcher;
     const rss = peakRss(r.proc.pid);
     // storescp writes a file under its final name while receiving: let the last one finish, then check.
@@ -122,9 +134,12 @@ async function main(): Promise<void> {
   const big = Number(argValue('--big', String(3 * count)));
   const maxAssoc = Number(argValue('--max-assoc', '2'));
   const profileDir = argValue('--profile', undefined);
+  const warmup = Number(argValue('--warmup', '100'));
   if (!fs.existsSync(CLI)) throw new Error(`${CLI} missing: run npm run build`);
   if (profileDir) await fsp.mkdir(profileDir, { recursive: true });
 
+  const warm = warmup > 0 ? await makeSources(warmup, 87) : undefined;
+  warmFiles = warm?.files ?? [];
   let src = await makeSources(count, 88);
   console.log(
     `e2e bench: ${count} distinct × ${(src.sourceBytes / 1024).toFixed(0)} KB (${SOURCE_NAME}) = ${(src.bytes / MB).toFixed(0)} MB, ` +
@@ -132,6 +147,7 @@ async function main(): Promise<void> {
       `${os.cpus().length} cores, load ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}`,
   );
   console.log('  direct: storescu → storescp;  router: storescu → serve (spool, fsync) → ForwardQueue → storescp, timed until all N are in storescp\'s dir');
+  console.log(`  each receiver first gets ${warmup} other images, untimed (--warmup; 0 times cold processes)`);
   const ratios: number[] = [];
   const ceilings: number[] = [];
   const rss500: number[] = [];

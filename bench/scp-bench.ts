@@ -8,12 +8,14 @@
 // writeFileAtomicSync (fdatasync + rename + dir fsync, as serve does) from this process, one at a time, with no network at all.
 //
 // Build: npm run build && npx tsc -p tsconfig.test.json
-// Usage: node .build-test/bench/scp-bench.js [--rounds 3] [--count 500] [--assoc 1] [--profile DIR] [--no-floor] [--cli PATH]
+// Usage: node .build-test/bench/scp-bench.js [--rounds 3] [--count 500] [--assoc 1] [--warmup 100] [--profile DIR] [--no-floor] [--cli PATH]
 //   --assoc N       N storescu associations in parallel (the images dealt round-robin), against storescp --fork
 //   --peer orthanc  (a) is Orthanc with its default storage (it syncs each file) instead of storescp
 //   --cli PATH      also time another build of ours (e.g. a copy of main's dist/ inside the repo) as (b')
 //   --replicas N    also time N routers, each with its own state (the scale-out deployment on one host), the
 //                   associations dealt to them in turn, as (b×N)
+//   --warmup N      images each receiver gets, untimed, before the timed ones (default 100): a router's steady
+//                   state, not a fresh process's JIT warm-up; 0 times cold processes
 //   --profile DIR   start the router with `node --cpu-prof --cpu-prof-dir DIR` and print its top self-time
 //                   functions after each (b) run.
 // (d) is the write-ahead-log floor: each image overwritten into a preallocated file and fdatasync'd (a data
@@ -404,6 +406,18 @@ export function summariseProfile(dir: string, top = 20): string {
 
 // ------------------------------------------------------------------------------------------ the bench
 
+/**
+ * Images each receiver gets, untimed, on a fresh process before the timed ones (--warmup): a router runs for
+ * months, so its steady state is what a site sees, and a fresh Node process runs its first hundreds of images
+ * in V8's unoptimised tiers (measured: the second 500 images went 15-35 % faster than the first 500).
+ */
+let warmFiles: string[] = [];
+
+/** Sends the warm-up images (not timed) over `assoc` associations. */
+async function warmUp(aec: string, port: number, assoc: number): Promise<void> {
+  if (warmFiles.length) await storescu(aec, port, warmFiles, assoc);
+}
+
 interface Figures {
   secs: number;
   rss: number;
@@ -427,6 +441,7 @@ async function runStorescp(files: string[], assoc: number): Promise<Figures> {
   const out = await tmp('bench-storescp-');
   const { proc, port } = await startDcmtkStorescp(out, 'STORESCP', assoc > 1);
   try {
+    await warmUp('STORESCP', port, assoc);
     const c0 = cpuTicks();
     const t0 = now();
     const senders = await storescu('STORESCP', port, files, assoc);
@@ -437,9 +452,10 @@ async function runStorescp(files: string[], assoc: number): Promise<Figures> {
     const cpu = cpuFigures(c0, senders);
     const rss = peakRss(proc.pid);
     // storescp --fork: a child may still be finishing its last file after its storescu exited.
-    for (let i = 0; i < 50 && countFilesFlat(out) < files.length; i++) await sleep(20);
+    const expected = files.length + warmFiles.length;
+    for (let i = 0; i < 50 && countFilesFlat(out) < expected; i++) await sleep(20);
     const got = countFilesFlat(out);
-    if (got !== files.length) throw new Error(`storescp: ${got}/${files.length} files written`);
+    if (got !== expected) throw new Error(`storescp: ${got}/${expected} files written`);
     return { secs, rss, hostBusy, cpu };
   } finally {
     await stopProcess(proc);
@@ -451,6 +467,7 @@ async function runOrthanc(files: string[], assoc: number): Promise<Figures> {
   const dir = await tmp('bench-orthanc-');
   const o = await startOrthanc({ dir, aeTitle: 'STORESCP' });
   try {
+    await warmUp('STORESCP', o.port, assoc);
     const c0 = cpuTicks();
     const p0 = o.pid ? processCpu(o.pid) : undefined;
     const t0 = now();
@@ -460,7 +477,7 @@ async function runOrthanc(files: string[], assoc: number): Promise<Figures> {
     const cpu = cpuFigures(c0, senders, o.pid && p0 ? processCpuSince(o.pid, p0) : undefined);
     const rss = o.pid ? peakRss(o.pid) : 0;
     const stats = (await o.get('/statistics')) as { CountInstances: number };
-    if (stats.CountInstances !== files.length) throw new Error(`Orthanc: ${stats.CountInstances}/${files.length} instances`);
+    if (stats.CountInstances !== files.length + warmFiles.length) throw new Error(`Orthanc: ${stats.CountInstances}/${files.length + warmFiles.length} instances`);
     return { secs, rss, hostBusy, cpu };
   } finally {
     await o.stop();
@@ -471,6 +488,7 @@ async function runRouter(files: string[], assoc: number, profileDir?: string, cl
   const r = await startRouter({ defaultDestination: 'outgoing', profileDir, cli });
   let stopped = false;
   try {
+    await warmUp('DEID_ROUTER', r.port, assoc);
     const c0 = cpuTicks();
     const p0 = processCpu(r.proc.pid);
     const t0 = now();
@@ -485,7 +503,7 @@ async function runRouter(files: string[], assoc: number, profileDir?: string, cl
     const quarantined = countFilesDeep(path.join(r.stateDir, 'quarantine'));
     const problems = r.problems();
     if (problems.length) console.log(`  router log problems (${problems.length}):\n    ${problems.slice(0, 10).join('\n    ')}`);
-    if (got !== files.length) throw new Error(`router: ${got}/${files.length} files under outgoing (quarantine: ${quarantined} files)`);
+    if (got !== files.length + warmFiles.length) throw new Error(`router: ${got}/${files.length + warmFiles.length} files under outgoing (quarantine: ${quarantined} files)`);
     if (quarantined) console.log(`  note: ${quarantined} files in quarantine`);
     if (profileDir) console.log(summariseProfile(profileDir));
     return { secs, rss, hostBusy, cpu, stages: stageTimings(r.proc.output().stdout) };
@@ -502,6 +520,7 @@ async function runReplicas(files: string[], assoc: number, replicas: number, cli
   try {
     const parts: string[][] = Array.from({ length: assoc }, () => []);
     files.forEach((f, i) => parts[i % assoc].push(f));
+    await Promise.all(routers.map((r) => warmUp('DEID_ROUTER', r.port, Math.max(1, Math.floor(assoc / replicas)))));
     const c0 = cpuTicks();
     const p0 = routers.map((r) => processCpu(r.proc.pid));
     const t0 = now();
@@ -514,7 +533,7 @@ async function runReplicas(files: string[], assoc: number, replicas: number, cli
     await Promise.all(routers.map((r) => stopProcess(r.proc, 10_000)));
     stopped = true;
     const got = routers.reduce((n, r) => n + countFilesDeep(r.outgoing, '.dcm'), 0);
-    if (got !== files.length) throw new Error(`routers: ${got}/${files.length} files under outgoing`);
+    if (got !== files.length + warmFiles.length * replicas) throw new Error(`routers: ${got}/${files.length + warmFiles.length * replicas} files under outgoing`);
     return { secs, rss, hostBusy, cpu };
   } finally {
     if (!stopped) await Promise.all(routers.map((r) => stopProcess(r.proc, 10_000)));
@@ -595,12 +614,15 @@ async function main(): Promise<void> {
   const assoc = Number(argValue('--assoc', '1'));
   const otherCli = argValue('--cli', undefined);
   const replicas = Number(argValue('--replicas', '1'));
+  const warmup = Number(argValue('--warmup', '100'));
   const replicaRatios: number[] = [];
   const peer = argValue('--peer', 'storescp');
   if (!fs.existsSync(CLI)) throw new Error(`${CLI} missing: run npm run build`);
   if (profileDir) await fsp.mkdir(profileDir, { recursive: true });
 
-  const src = await makeSources(count, 77);
+  const all = await makeSources(count + warmup, 77);
+  const src = { ...all, files: all.files.slice(warmup), bytes: (all.bytes * count) / (count + warmup) };
+  warmFiles = all.files.slice(0, warmup);
   const totalMB = src.bytes / MB;
   console.log(
     `scp bench: ${count} distinct × ${(src.sourceBytes / 1024).toFixed(0)} KB (${SOURCE_NAME}) = ${totalMB.toFixed(0)} MB, ` +
@@ -610,6 +632,7 @@ async function main(): Promise<void> {
   console.log('  (b) dist/cli.js serve (folder) : receive + de-identify + durable write (fsync file + dir)');
   if (floor) console.log('  (c) durable-write floor        : writeFileAtomicSync (what serve uses) of N same-size files, no network, no de-identification');
   console.log('  MB = 2^20 bytes; RSS = VmHWM of the receiver just before it is stopped');
+  console.log(`  each receiver first gets ${warmup} other images, untimed (--warmup; 0 times a cold process)`);
 
   const fmt = (label: string, f: Figures, extra = '') =>
     `  ${label} ${(count / f.secs).toFixed(1).padStart(7)} images/s ${(totalMB / f.secs).toFixed(1).padStart(7)} MB/s ` +
