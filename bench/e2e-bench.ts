@@ -20,7 +20,7 @@ import * as path from 'node:path';
 import { stopProcess } from '../test/helpers/dcmtk';
 import {
   MB, SOURCE_NAME, CLI, argValue, tmp, makeSources, peakRss, countFilesFlat, countFilesDeep, sleep, median, now,
-  startDcmtkStorescp, startRouter, storescu, summariseProfile, runFloor,
+  startDcmtkStorescp, startRouter, storescu, summariseProfile, runFloor, settle,
 } from './scp-bench';
 
 interface Direct {
@@ -46,6 +46,7 @@ async function runDirect(files: string[]): Promise<Direct> {
   const { proc, port } = await startDcmtkStorescp(out, 'PACS');
   try {
     if (warmFiles.length) await storescu('PACS', port, warmFiles);
+    settle();
     const t0 = now();
     await storescu('PACS', port, files);
     const secs = now() - t0;
@@ -77,6 +78,7 @@ async function runRouted(files: string[], maxAssociations: number, profileDir?: 
     let done = false;
     let secs = 0;
     let firstSecs = NaN;
+    settle();
     const t0 = now();
     // Watch storescp's directory while storescu runs (images are forwarded as they arrive).
     const watcher = (async () => {

@@ -30,6 +30,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
+import { spawnSync } from 'node:child_process';
 import { run, startProcess, stopProcess, freePort, waitForPort, type StartedProcess } from '../test/helpers/dcmtk';
 import { makeVariants, startOrthanc } from '../test/helpers/peers';
 import { phiCorpusDir as generatedPhiDir } from '../test/helpers/corpus';
@@ -413,6 +414,15 @@ export function summariseProfile(dir: string, top = 20): string {
  */
 let warmFiles: string[] = [];
 
+/**
+ * Writes back every dirty page (sync(1)) before a timed phase: storescp's files are not synced, and the kernel
+ * would otherwise write them back while the next receiver or floor is being timed (outputs now stay until the
+ * bench exits, so their dirty pages are no longer dropped with them).
+ */
+export function settle(): void {
+  spawnSync('sync');
+}
+
 /** Sends the warm-up images (not timed) over `assoc` associations. */
 async function warmUp(aec: string, port: number, assoc: number): Promise<void> {
   if (warmFiles.length) await storescu(aec, port, warmFiles, assoc);
@@ -442,6 +452,7 @@ async function runStorescp(files: string[], assoc: number): Promise<Figures> {
   const { proc, port } = await startDcmtkStorescp(out, 'STORESCP', assoc > 1);
   try {
     await warmUp('STORESCP', port, assoc);
+    settle();
     const c0 = cpuTicks();
     const t0 = now();
     const senders = await storescu('STORESCP', port, files, assoc);
@@ -468,6 +479,7 @@ async function runOrthanc(files: string[], assoc: number): Promise<Figures> {
   const o = await startOrthanc({ dir, aeTitle: 'STORESCP' });
   try {
     await warmUp('STORESCP', o.port, assoc);
+    settle();
     const c0 = cpuTicks();
     const p0 = o.pid ? processCpu(o.pid) : undefined;
     const t0 = now();
@@ -489,6 +501,7 @@ async function runRouter(files: string[], assoc: number, profileDir?: string, cl
   let stopped = false;
   try {
     await warmUp('DEID_ROUTER', r.port, assoc);
+    settle();
     const c0 = cpuTicks();
     const p0 = processCpu(r.proc.pid);
     const t0 = now();
@@ -521,6 +534,7 @@ async function runReplicas(files: string[], assoc: number, replicas: number, cli
     const parts: string[][] = Array.from({ length: assoc }, () => []);
     files.forEach((f, i) => parts[i % assoc].push(f));
     await Promise.all(routers.map((r) => warmUp('DEID_ROUTER', r.port, Math.max(1, Math.floor(assoc / replicas)))));
+    settle();
     const c0 = cpuTicks();
     const p0 = routers.map((r) => processCpu(r.proc.pid));
     const t0 = now();
@@ -553,6 +567,7 @@ export async function runFloor(n: number, size: number, parallel = 1): Promise<F
   const dir = await tmp('bench-floor-');
   if (parallel <= 1) {
     const buf = randomBytes(size);
+    settle();
     const c0 = cpuTicks();
     const t0 = now();
     for (let i = 0; i < n; i++) {
@@ -572,6 +587,7 @@ export async function runFloor(n: number, size: number, parallel = 1): Promise<F
     new Worker(code, { eval: true, workerData: { folderJs, size, n: Math.ceil(n / parallel), dir, k } }));
   const next = (w: Worker) => new Promise<void>((resolve, reject) => { w.once('message', () => resolve()); w.once('error', reject); });
   await Promise.all(workers.map(next)); // loaded: start together
+  settle();
   const c0 = cpuTicks();
   const t0 = now();
   const done = workers.map(next);
@@ -594,6 +610,7 @@ async function runJournalFloor(n: number, size: number): Promise<number> {
   try {
     for (let i = 0; i < SLOTS; i++) fs.writeSync(fd, buf, 0, size, i * size);
     fs.fsyncSync(fd);
+    settle();
     const t0 = now();
     for (let i = 0; i < n; i++) {
       buf.writeUInt32LE(i, 0);
