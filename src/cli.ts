@@ -6,7 +6,7 @@ import { join, resolve } from 'path';
 import { loadConfig } from './config/load';
 import { resolveSalt, saltPath } from './config/salt';
 import type { OutputTag } from './commands/anonymize';
-import { ConfigError, DestinationConfig, RouterConfig } from './config/types';
+import { ConfigError, DEFAULT_INDEX_RETENTION_DAYS, DestinationConfig, RouterConfig } from './config/types';
 import { displayUrl } from './deliver/dicomweb-url';
 import { createLogger, lazyLogger } from './observe/logger';
 import { formatTag, lookupTag } from './dicom/dictionary';
@@ -79,8 +79,8 @@ function describeConfig(c: RouterConfig): string {
   const l = c.limits;
   lines.push(`limits: ${l.maxAssociations} associations (${l.maxAssociationsPerCaller} per calling AE); PDU ${l.maxPduBytes} bytes; dataset ${l.maxDatasetBytes} bytes (${l.maxBufferedBytes} held in memory whole, ${l.maxBufferedBytesTotal} over all associations), inflated ${l.maxInflatedBytes}; sequence depth ${l.maxSequenceDepth}; idle ${l.idleSeconds} s, association ${l.associationSeconds} s, A-ASSOCIATE-RQ within ${l.associationRequestSeconds} s`);
   lines.push(`state directory: ${c.stateDir}; unknown studies: ${c.unknownStudy === 'quarantine' ? 'quarantined' : 'Supplement142'}`);
-  const sc = c.commitment ?? { timeLimitSeconds: 3600, sameAssociation: true };
-  lines.push(`storage commitment: answers wait up to ${sc.timeLimitSeconds} s for spooled images; result ${sc.sameAssociation ? 'on the requesting association while it is open, else ' : ''}on a new association to the station's Commitment address`);
+  const sc = c.commitment ?? { timeLimitSeconds: 3600, sameAssociation: true, indexRetentionDays: DEFAULT_INDEX_RETENTION_DAYS };
+  lines.push(`storage commitment: answers wait up to ${sc.timeLimitSeconds} s for spooled images; result ${sc.sameAssociation ? 'on the requesting association while it is open, else ' : ''}on a new association to the station's Commitment address; instances remembered ${sc.indexRetentionDays} days`);
   lines.push('destinations:');
   for (const d of c.destinations.values()) {
     lines.push(`  ${d.name}${d.name === c.defaultDestination ? ' (default)' : ''}: ${describeDestination(d)}`);

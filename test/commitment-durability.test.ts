@@ -8,7 +8,7 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'fs';
 import { spawnSync } from 'child_process';
-import { join } from 'path';
+import { dirname, join } from 'path';
 import YAML from 'yaml';
 import { loadConfig } from '../src/config/load';
 import { CommitmentIndex } from '../src/deliver/commitment-index';
@@ -77,7 +77,7 @@ describe('storage commitment index durability', { skip }, () => {
     }));
     const stateDir = loadConfig(configFile, {}).stateDir;
     const index = new CommitmentIndex(stateDir, SALT);
-    const entry = (uid: string): string => join(index.dir, `${index.keyOf(uid)}.json`);
+    const entry = (uid: string): string | undefined => index.entryPath(uid);
     const variants = makeVariants(readFileSync(join(CORPUS_PHI, 'pydicom__CT_small.dcm')), 3, 321);
     const imgDir = tempDir('deid-commit-durable-in-');
     const paths = variants.map((v) => {
@@ -99,10 +99,11 @@ describe('storage commitment index durability', { skip }, () => {
       assert.equal(up.code, 0, up.stderr);
       await killTraced(router);
       router = undefined;
-      for (const u of [a, b, c]) assert.ok(existsSync(entry(u)), 'index entry written');
+      for (const u of [a, b, c]) assert.ok(entry(u) !== undefined, 'index entry written');
+      const entryOfC = entry(c)!;
       // No fsync per image on the C-STORE path.
       const syncedInA = fsyncedPaths(logA);
-      assert.equal([a, b, c].filter((u) => syncedInA.has(entry(u))).length, 0, 'index entries fsynced one by one while storing');
+      assert.equal([a, b, c].filter((u) => syncedInA.has(entry(u)!)).length, 0, 'index entries fsynced one by one while storing');
 
       // Run B: asked about two of them and one never sent. The report is right (the killed run's entries
       // are on disk: not wrongly failed), and the router is killed the moment it arrives, unacknowledged.
@@ -117,12 +118,16 @@ describe('storage commitment index durability', { skip }, () => {
       m1.peer.destroy();
       assert.deepEqual(report.result, { eventTypeId: 2, transactionUid: '2.25.7001', committed: [a, b].sort(), failed: [[never, 0x0112]] });
       const synced = fsyncedPaths(logA, logB);
-      for (const u of report.result.committed) assert.ok(synced.has(entry(u)), 'every claimed entry fsynced before the report');
-      assert.ok(synced.has(index.dir), 'the index folder fsynced before the report');
+      for (const u of report.result.committed) assert.ok(synced.has(entry(u)!), 'every claimed entry fsynced before the report');
+      for (const u of report.result.committed) assert.ok(synced.has(dirname(entry(u)!)), 'the day folder of every claimed entry fsynced before the report');
+      assert.ok(synced.has(index.root), 'the folder naming the day folders fsynced before the report');
 
       // A power cut now: whatever no fsync reached may be gone. The unclaimed third entry goes.
-      for (const f of readdirSync(index.dir)) if (!synced.has(join(index.dir, f))) rmSync(join(index.dir, f));
-      assert.equal(existsSync(entry(c)), false, 'the unreported entry was never fsynced');
+      for (const day of readdirSync(index.root)) {
+        for (const f of readdirSync(join(index.root, day))) if (!synced.has(join(index.root, day, f))) rmSync(join(index.root, day, f));
+      }
+      assert.equal(existsSync(entryOfC), false, 'the unreported entry was never fsynced');
+      assert.equal(entry(c), undefined);
 
       // Run C: the claimed instances are still committed; the one whose entry the cut took is failed
       // (never received: the modality sends it again). The unacknowledged request of run B is answered

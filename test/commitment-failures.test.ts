@@ -118,7 +118,7 @@ describe('storage commitment failures', { skip }, () => {
     const deadDir = join(config.stateDir, 'deadletter', 'pacs');
     const requestFiles = (): string[] => (existsSync(reqDir) ? readdirSync(reqDir).filter((f) => f.endsWith('.req')) : []);
     const index = new CommitmentIndex(config.stateDir, SALT);
-    const entryOf = (uid: string): CommitmentEntry => JSON.parse(readFileSync(join(index.dir, `${index.keyOf(uid)}.json`), 'utf8')) as CommitmentEntry;
+    const entryOf = (uid: string): CommitmentEntry => JSON.parse(readFileSync(index.entryPath(uid)!, 'utf8')) as CommitmentEntry;
 
     const [refused, accepted] = await writeImages(2, 612);
     const [quarantined] = await writeImages(1, 613, 'NotAConfiguredStudy');
@@ -129,7 +129,7 @@ describe('storage commitment failures', { skip }, () => {
     let newRefusedUid: string;
     try {
       await storescu(routerPort, [refused.path, accepted.path, quarantined.path]);
-      await waitFor(() => [refused, accepted, quarantined].every((i) => existsSync(join(index.dir, `${index.keyOf(i.uid)}.json`))), 10_000, 'index entries written');
+      await waitFor(() => [refused, accepted, quarantined].every((i) => index.entryPath(i.uid) !== undefined), 10_000, 'index entries written');
       assert.equal(dcmFiles(spoolDir).length, 2);
       assert.deepEqual(entryOf(quarantined.uid), { q: true });
       const d = entryOf(refused.uid).d ?? [];

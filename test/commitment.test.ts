@@ -62,9 +62,11 @@ describe('storage commitment with Orthanc as the modality', { skip }, () => {
       await new Promise((r) => setTimeout(r, 3000));
       assert.equal(((await orthanc.get(`/storage-commitment/${txn}`)) as Report).Status, 'Pending');
       // The index holds no original UID (keys are keyed hashes).
-      const indexDir = join(config.stateDir, 'commitment', 'index');
-      const onDisk = readdirSync(indexDir).map((f) => f + readFileSync(join(indexDir, f), 'utf8')).join('\n');
-      assert.equal(readdirSync(indexDir).length, 3);
+      const indexRoot = join(config.stateDir, 'commitment', 'entries');
+      const entryFiles = readdirSync(indexRoot, { recursive: true }).map(String).filter((f) => f.endsWith('.json'));
+      const onDisk = entryFiles.map((f) => f + readFileSync(join(indexRoot, f), 'utf8')).join('\n');
+      assert.equal(entryFiles.length, 3);
+      assert.ok(entryFiles.every((f) => /^\d{4}-\d{2}-\d{2}\/[0-9a-f]{64}\.json$/.test(f)), entryFiles.join(', '));
       for (const v of variants) assert.ok(!onDisk.includes(v.sopInstanceUid), 'original UID on disk');
       const reqDir = join(config.stateDir, 'commitment', 'requests');
       for (const f of readdirSync(reqDir)) for (const v of variants) assert.ok(!readFileSync(join(reqDir, f)).includes(Buffer.from(v.sopInstanceUid)));

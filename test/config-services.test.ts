@@ -100,14 +100,18 @@ describe('listening endpoints', () => {
 describe('storage commitment', () => {
   test('station Commitment address and the time limit are checked, with their location', () => {
     const ok = loadConfig(routerYaml('commitment: { timeLimitSeconds: 600 }\nstations:\n  ct: { AETitles: [CT1], Commitment: { aeTitle: CT1, host: 10.0.0.5, port: 104 } }\n'), {});
-    assert.deepEqual(ok.commitment, { timeLimitSeconds: 600, sameAssociation: true });
+    assert.deepEqual(ok.commitment, { timeLimitSeconds: 600, sameAssociation: true, indexRetentionDays: 30 });
     const noSame = routerYaml('commitment: { sameAssociation: false }\nstations:\n  ct: { AETitles: [CT1], Commitment: { aeTitle: CT1, host: 10.0.0.5, port: 104 } }\n');
-    assert.deepEqual(loadConfig(noSame, {}).commitment, { timeLimitSeconds: 3600, sameAssociation: false });
+    assert.deepEqual(loadConfig(noSame, {}).commitment, { timeLimitSeconds: 3600, sameAssociation: false, indexRetentionDays: 30 });
+    assert.equal(loadConfig(routerYaml('commitment: { indexRetentionDays: 7 }\n'), {}).commitment?.indexRetentionDays, 7);
     const shown = spawnSync(process.execPath, ['dist/cli.js', 'check-config', '--config', noSame], { encoding: 'utf8' });
     assert.equal(shown.status, 0, shown.stderr);
-    assert.match(shown.stdout, /storage commitment: answers wait up to 3600 s for spooled images; result on a new association to the station's Commitment address/);
+    assert.match(shown.stdout, /storage commitment: answers wait up to 3600 s for spooled images; result on a new association to the station's Commitment address; instances remembered 30 days/);
     assert.match(shown.stdout, /ct: .*; commitment reports to CT1 at 10\.0\.0\.5:104/);
     assert.deepEqual(ok.stations.get('ct')?.commitment, { aeTitle: 'CT1', host: '10.0.0.5', port: 104 });
+    for (const bad of ['0', '1.5', '"30"', '3651']) {
+      assert.match(problems(routerYaml(`commitment: { indexRetentionDays: ${bad} }\n`)).join('\n'), /commitment\.indexRetentionDays: must be a whole number of days from 1 to 3650/, bad);
+    }
     const p = problems(routerYaml('commitment: { timeLimitSeconds: 0, timeLimit: 5, sameAssociation: "yes" }\nstations:\n  ct: { AETitles: [CT1], Commitment: { aeTitle: "", port: 70000, hots: x } }\n  mr: { Comitment: {} }\n')).join('\n');
     assert.match(p, /commitment\.timeLimitSeconds: must be a number of seconds from 1 to 604800/);
     assert.match(p, /commitment\.timeLimit: unknown key/);

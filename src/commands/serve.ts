@@ -126,7 +126,9 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
 
   routing = await makeRouting(c);
   // Storage commitment: where each answered instance went, keyed by a keyed hash of its original UID.
-  const commitmentIndex = new CommitmentIndex(c.stateDir, salt, (e) => logger.warn({ err: errorCode(e) }, 'storage commitment index not written'));
+  const commitmentIndex = new CommitmentIndex(c.stateDir, salt, (e) => logger.warn({ err: errorCode(e), problem: (e as Error).message }, 'storage commitment index'), {
+    retentionDays: c.commitment?.indexRetentionDays,
+  });
   commitmentIndex.startWriter();
   const commitment = new CommitmentService({
     index: commitmentIndex, stateDir: c.stateDir, salt, logger, aeTitle: c.listen.aeTitle,

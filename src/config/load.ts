@@ -10,7 +10,7 @@ import { DEFAULT_NETWORK_LIMITS, MAX_DATASET_BYTES, MAX_PDU_BYTES, MIN_PDU_BYTES
 import { KNOWN_VRS, isKnownVr } from '../dicom/vr';
 import { PROFILE_OPTION_NAMES } from '../deid/options';
 import {
-  ACTION_NAMES, ActionName, ActionSpec, ConfigError, DEFAULT_STUDY, DestinationConfig, OffsetSpec,
+  ACTION_NAMES, ActionName, ActionSpec, ConfigError, DEFAULT_INDEX_RETENTION_DAYS, DEFAULT_STUDY, DestinationConfig, OffsetSpec,
   PrivateKeep, RouterConfig, StationConfig, StudyConfig, HttpConfig, PHI_GATE_MODES, BURNED_IN_POLICIES, BURNED_IN_UNKNOWN_POLICIES, LimitsConfig,
 } from './types';
 import type { ProfileOptionName } from '../deid/profile.generated';
@@ -653,16 +653,17 @@ function parseDicomweb(name: string, d: Raw, w: string, p: Problems): Destinatio
   return { type: 'dicomweb', name, url: url.toString(), auth, tls, maxConnections: typeof mc === 'number' ? mc : 2 };
 }
 
-/** `commitment: { timeLimitSeconds, sameAssociation }`: how long a storage commitment answer may wait for
- * spooled images; whether it is first tried on the requesting association. */
-function parseCommitment(v: unknown, where: string, p: Problems): { timeLimitSeconds: number; sameAssociation: boolean } {
-  const d = { timeLimitSeconds: 3600, sameAssociation: true };
+/** `commitment: { timeLimitSeconds, sameAssociation, indexRetentionDays }`: how long a storage commitment
+ * answer may wait for spooled images; whether it is first tried on the requesting association; how long the
+ * index remembers a received instance. */
+function parseCommitment(v: unknown, where: string, p: Problems): { timeLimitSeconds: number; sameAssociation: boolean; indexRetentionDays: number } {
+  const d = { timeLimitSeconds: 3600, sameAssociation: true, indexRetentionDays: DEFAULT_INDEX_RETENTION_DAYS };
   if (v === undefined || v === null) return d;
   if (!isObj(v)) {
-    p.add(where, 'must be a mapping { timeLimitSeconds, sameAssociation }');
+    p.add(where, 'must be a mapping { timeLimitSeconds, sameAssociation, indexRetentionDays }');
     return d;
   }
-  checkKeys(v, ['timeLimitSeconds', 'sameAssociation'], where, p);
+  checkKeys(v, ['timeLimitSeconds', 'sameAssociation', 'indexRetentionDays'], where, p);
   const out = { ...d };
   const t = v.timeLimitSeconds ?? d.timeLimitSeconds;
   if (typeof t !== 'number' || !Number.isFinite(t) || t < 1 || t > 7 * 86400) p.add(`${where}.timeLimitSeconds`, 'must be a number of seconds from 1 to 604800');
@@ -670,6 +671,9 @@ function parseCommitment(v: unknown, where: string, p: Problems): { timeLimitSec
   const same = v.sameAssociation ?? d.sameAssociation;
   if (typeof same !== 'boolean') p.add(`${where}.sameAssociation`, 'must be true or false');
   else out.sameAssociation = same;
+  const days = v.indexRetentionDays ?? d.indexRetentionDays;
+  if (typeof days !== 'number' || !Number.isInteger(days) || days < 1 || days > 3650) p.add(`${where}.indexRetentionDays`, 'must be a whole number of days from 1 to 3650');
+  else out.indexRetentionDays = days;
   return out;
 }
 

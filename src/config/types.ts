@@ -139,13 +139,16 @@ export interface RouterConfig {
    * associations are aborted; unsent images stay in the spool (default 10). */
   shutdownGraceSeconds?: number;
   /** Storage commitment: answers wait at most this long for spooled images; the result is first tried on the
-   * requesting association (sameAssociation) before a new association to the station's Commitment address. */
-  commitment?: { timeLimitSeconds: number; sameAssociation: boolean };
+   * requesting association (sameAssociation) before a new association to the station's Commitment address;
+   * the index forgets an instance after indexRetentionDays. */
+  commitment?: { timeLimitSeconds: number; sameAssociation: boolean; indexRetentionDays: number };
   stations: Map<string, StationConfig>;
   studies: Map<string, StudyConfig>;
 }
 
 export const DEFAULT_STUDY = 'Supplement142';
+/** How long the storage commitment index remembers a received instance (commitment.indexRetentionDays). */
+export const DEFAULT_INDEX_RETENTION_DAYS = 30;
 
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {

@@ -15,14 +15,20 @@
 // claims an instance whose entry a power cut could still take away. An entry lost before it was reported
 // makes the instance "never received" (failed), and the modality sends it again.
 //
-// Layout: <stateDir>/commitment/index/<hex>.json
-import { existsSync, readFileSync, statSync } from 'fs';
+// Layout: <stateDir>/commitment/entries/<YYYY-MM-DD>/<hex>.json, one folder per UTC day of recording, newest
+// entry of an instance first. Folders older than `indexRetentionDays` (default 30) are removed by the writer
+// thread, at start and hourly: the index no longer grows with every image a node ever received (one file per
+// image, for years, in one folder). A commitment request for an instance received before that is answered
+// "no such object instance", and the modality sends it again. Entries of earlier versions, flat in
+// <stateDir>/commitment/index/<hex>.json, are still read, and removed once older than the retention.
+import { existsSync, readFileSync, readdirSync, statSync } from 'fs';
 import { open } from 'fs/promises';
 import { randomBytes } from 'crypto';
 import { Worker } from 'worker_threads';
 import { createHmac } from 'crypto';
-import { join } from 'path';
+import { dirname, join } from 'path';
 import { deriveKey } from '../deid/plan';
+import { DEFAULT_INDEX_RETENTION_DAYS } from '../config/types';
 import { TEMP_PREFIX } from './folder';
 import { spoolId } from './spool';
 
@@ -38,13 +44,21 @@ export type CommitmentState = { state: 'committed' } | { state: 'pending' } | { 
 /** PS3.4 J.3.2 / C.14 Failure Reason codes. */
 export const FAILURE = { ProcessingFailure: 0x0110, NoSuchObjectInstance: 0x0112, ResourceLimitation: 0x0213 } as const;
 
-/** A batch of index entries for the writer thread (commitment-index-thread.ts): [file name, JSON]. */
-export interface IndexBatch {
-  id: number;
-  dir: string;
-  entries: Array<[string, string]>;
-  tempPrefix: string;
+const DAY_MS = 86_400_000;
+/** Names of the day folders: their string order is their time order. */
+const DAY_NAME = /^\d{4}-\d{2}-\d{2}$/;
+
+/** The UTC day folder name of a time. */
+export function dayName(ms: number): string {
+  return new Date(ms).toISOString().slice(0, 10);
 }
+
+/** Messages to the writer thread (commitment-index-thread.ts). write: a batch of entries, [file name, JSON],
+ * into one day folder. prune: remove day folders named before `beforeDay`, and legacy flat entries older
+ * than `legacyBeforeMs`. */
+export type IndexBatch =
+  | { kind: 'write'; id: number; dir: string; entries: Array<[string, string]>; tempPrefix: string }
+  | { kind: 'prune'; id: number; root: string; beforeDay: string; legacyDir: string; legacyBeforeMs: number };
 
 export interface IndexBatchDone {
   id: number;
@@ -52,23 +66,42 @@ export interface IndexBatchDone {
   errors: string[];
 }
 
+export interface CommitmentIndexOptions {
+  /** Days an entry is kept (default 30). */
+  retentionDays?: number;
+  /** The clock (tests). */
+  now?: () => number;
+}
+
 export class CommitmentIndex {
-  readonly dir: string;
+  /** Holds one folder per day of entries. */
+  readonly root: string;
+  /** Where earlier versions kept every entry, flat; read, and pruned, still. */
+  readonly legacyDir: string;
   private readonly key: Buffer;
+  private readonly retentionDays: number;
+  private readonly now: () => number;
+  private pruneTimer: NodeJS.Timeout | undefined;
+  /** Day folders, newest first, as read at `at`: re-read after each batch the thread finished (it may have
+   * made or removed one), and after a second. */
+  private days: { at: number; names: string[] } | undefined;
 
   /** Entries recorded and not yet handed to the writer thread. */
   private batch: Array<[string, string]> = [];
   private flushScheduled = false;
   /** Batches handed to the writer thread and not yet written, by id. */
-  private readonly inFlight = new Map<number, { written: Promise<void>; done: () => void }>();
+  private readonly inFlight = new Map<number, { kind: IndexBatch['kind']; written: Promise<void>; done: () => void }>();
   private batchId = 0;
   private writer: Worker | undefined;
   private readonly tempPrefix = `${TEMP_PREFIX}${randomBytes(6).toString('hex')}-`;
 
   /** `onError`: an entry could not be written (the instance will be reported failed, and sent again). */
-  constructor(private readonly stateDir: string, salt: string, private readonly onError: (e: unknown) => void = () => undefined) {
-    this.dir = join(stateDir, 'commitment', 'index');
+  constructor(private readonly stateDir: string, salt: string, private readonly onError: (e: unknown) => void = () => undefined, options: CommitmentIndexOptions = {}) {
+    this.root = join(stateDir, 'commitment', 'entries');
+    this.legacyDir = join(stateDir, 'commitment', 'index');
     this.key = deriveKey(salt, 'commitment');
+    this.retentionDays = options.retentionDays ?? DEFAULT_INDEX_RETENTION_DAYS;
+    this.now = options.now ?? Date.now;
   }
 
   /** The index key of an original SOP Instance UID (nothing re-identifying on disk). */
@@ -99,6 +132,8 @@ export class CommitmentIndex {
 
   /** Writes what is recorded, then stops the writer thread (a later record starts another). */
   async close(): Promise<void> {
+    if (this.pruneTimer) clearInterval(this.pruneTimer);
+    this.pruneTimer = undefined;
     await this.settled();
     const w = this.writer;
     this.writer = undefined;
@@ -109,6 +144,16 @@ export class CommitmentIndex {
    * entries do not wait for a thread to start). */
   startWriter(): void {
     this.thread();
+    this.prune();
+    this.pruneTimer = setInterval(() => this.prune(), 3_600_000);
+    this.pruneTimer.unref();
+  }
+
+  /** Removes, on the writer thread, the entries older than the retention; resolves when done. */
+  prune(): Promise<void> {
+    const now = this.now();
+    const cut = now - this.retentionDays * DAY_MS;
+    return this.post({ kind: 'prune', id: ++this.batchId, root: this.root, beforeDay: dayName(cut), legacyDir: this.legacyDir, legacyBeforeMs: cut });
   }
 
   private flush(): void {
@@ -117,20 +162,26 @@ export class CommitmentIndex {
     const entries = this.batch;
     this.batch = [];
     const id = ++this.batchId;
-    const batch: IndexBatch = { id, dir: this.dir, entries, tempPrefix: `${this.tempPrefix}${id.toString(36)}-` };
+    void this.post({ kind: 'write', id, dir: join(this.root, dayName(this.now())), entries, tempPrefix: `${this.tempPrefix}${id.toString(36)}-` });
+  }
+
+  private post(batch: IndexBatch): Promise<void> {
     let done!: () => void;
     const written = new Promise<void>((resolve) => (done = resolve));
-    this.inFlight.set(id, { written, done });
+    this.inFlight.set(batch.id, { kind: batch.kind, written, done });
     const w = this.thread();
-    w.ref(); // written before the process may exit
+    w.ref(); // done before the process may exit
     w.postMessage(batch);
+    return written;
   }
 
   private thread(): Worker {
     if (this.writer) return this.writer;
     const w = new Worker(join(__dirname, 'commitment-index-thread.js'));
     w.on('message', (d: IndexBatchDone) => {
-      for (const code of d.errors) this.onError(Object.assign(new Error(`commitment index entry not written: ${code}`), { code }));
+      this.days = undefined; // a day folder may have been made or removed
+      const what = this.inFlight.get(d.id)?.kind === 'prune' ? 'commitment index entries past their retention not removed' : 'commitment index entry not written';
+      for (const code of d.errors) this.onError(Object.assign(new Error(`${what}: ${code}`), { code }));
       this.inFlight.get(d.id)?.done();
       this.inFlight.delete(d.id);
       if (!this.inFlight.size) w.unref();
@@ -161,17 +212,46 @@ export class CommitmentIndex {
         await fh.close();
       }
     };
-    // A few at a time: the fsyncs of one group overlap in the thread pool.
-    const files = [...new Set(originalSopInstanceUids.map((u) => join(this.dir, `${this.keyOf(u)}.json`)))];
+    // A few at a time: the fsyncs of one group overlap in the thread pool. Then the folders that name them:
+    // their day folders, and the folder naming those.
+    const files = [...new Set(originalSopInstanceUids.map((u) => this.entryPath(u)).filter((f): f is string => f !== undefined))];
     for (let i = 0; i < files.length; i += 4) await Promise.all(files.slice(i, i + 4).map(sync));
-    await sync(this.dir);
+    const folders = [...new Set(files.map((f) => dirname(f)))];
+    await Promise.all(folders.map(sync));
+    if (folders.some((d) => dirname(d) === this.root)) await sync(this.root);
+  }
+
+  /** The file of an instance's newest entry, or undefined when there is none. */
+  entryPath(originalSopInstanceUid: string): string | undefined {
+    const name = `${this.keyOf(originalSopInstanceUid)}.json`;
+    for (const day of this.dayFolders()) {
+      const f = join(this.root, day, name);
+      if (existsSync(f)) return f;
+    }
+    const legacy = join(this.legacyDir, name);
+    return existsSync(legacy) ? legacy : undefined;
+  }
+
+  private dayFolders(): string[] {
+    const now = this.now();
+    if (!this.days || now - this.days.at > 1000 || now < this.days.at) {
+      let names: string[] = [];
+      try {
+        names = readdirSync(this.root).filter((n) => DAY_NAME.test(n)).sort().reverse();
+      } catch {
+        /* no entries yet */
+      }
+      this.days = { at: now, names };
+    }
+    return this.days.names;
   }
 
   /** Where the instance stands now. */
   stateOf(originalSopInstanceUid: string): CommitmentState {
-    const file = join(this.dir, `${this.keyOf(originalSopInstanceUid)}.json`);
+    const file = this.entryPath(originalSopInstanceUid);
     let entry: CommitmentEntry;
     try {
+      if (file === undefined) throw new Error('no entry');
       entry = JSON.parse(readFileSync(file, 'utf8')) as CommitmentEntry;
     } catch {
       return { state: 'failed', reason: FAILURE.NoSuchObjectInstance, why: 'never received' };
