@@ -121,6 +121,7 @@ describe('storage commitment index durability', { skip }, () => {
       for (const u of report.result.committed) assert.ok(synced.has(entry(u)!), 'every claimed entry fsynced before the report');
       for (const u of report.result.committed) assert.ok(synced.has(dirname(entry(u)!)), 'the day folder of every claimed entry fsynced before the report');
       assert.ok(synced.has(index.root), 'the folder naming the day folders fsynced before the report');
+      assert.ok(synced.has(dirname(index.root)), 'and the folder naming it');
 
       // A power cut now: whatever no fsync reached may be gone. The unclaimed third entry goes.
       for (const day of readdirSync(index.root)) {

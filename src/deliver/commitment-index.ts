@@ -218,7 +218,10 @@ export class CommitmentIndex {
     for (let i = 0; i < files.length; i += 4) await Promise.all(files.slice(i, i + 4).map(sync));
     const folders = [...new Set(files.map((f) => dirname(f)))];
     await Promise.all(folders.map(sync));
-    if (folders.some((d) => dirname(d) === this.root)) await sync(this.root);
+    if (folders.some((d) => dirname(d) === this.root)) {
+      await sync(this.root);
+      await sync(dirname(this.root)); // names the root, made with the first entry
+    }
   }
 
   /** The file of an instance's newest entry, or undefined when there is none. */
