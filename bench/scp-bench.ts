@@ -603,7 +603,7 @@ export async function runFloor(n: number, size: number, parallel = 1): Promise<F
  * is created and written first, untimed (serve writes while the PDVs arrive); timed is what follows the last
  * PDV: fdatasync, close, rename, folder fsync, one image after the other.
  */
-async function runSyncFloor(n: number, size: number): Promise<number> {
+export async function runSyncFloor(n: number, size: number): Promise<number> {
   const dir = await tmp('bench-syncfloor-');
   const buf = randomBytes(size);
   const fds: number[] = [];
