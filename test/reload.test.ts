@@ -77,10 +77,12 @@ test('SIGHUP reload with an open association: good config applied, bad config re
     assert.equal(await store(0), 0);
     assert.equal(walk(join(dir, 'first')).length, 1);
 
-    // A good configuration: STUDYA now goes to a new destination.
-    writeFileSync(cfgFile, YAML.stringify(config('second')));
+    // A good configuration: STUDYA now goes to a new destination. Its new storage commitment settings take
+    // effect at the next start (the service keeps its own), and the reload says so.
+    writeFileSync(cfgFile, YAML.stringify({ ...config('second'), commitment: { indexRetentionDays: 7 } }));
     process.kill(child.pid!, 'SIGHUP');
     await waitFor(() => count('configuration reloaded') === 1, 10_000, 'the reload');
+    assert.deepEqual(line('configuration reloaded')!.notes, ['commitment: changed; takes effect at the next start']);
     assert.equal(await store(1), 0);
     assert.equal(walk(join(dir, 'second')).length, 1, 'the image after the reload follows the new rule');
     assert.equal(walk(join(dir, 'first')).length, 1);

@@ -414,7 +414,7 @@ export async function startNode(c: RouterConfig, salt: string, logger: Logger): 
     const notes: string[] = [];
     const restartOnly: Array<[string, unknown, unknown]> = [
       ['listen', c.listeners, next.listeners], ['http', c.http, next.http], ['stateDir', c.stateDir, next.stateDir], ['limits (network)', scpLimits(c.limits), scpLimits(next.limits)],
-      ['salt', c.salt?.value ?? c.saltFile, next.salt?.value ?? next.saltFile],
+      ['salt', c.salt?.value ?? c.saltFile, next.salt?.value ?? next.saltFile], ['commitment', c.commitment, next.commitment],
     ];
     for (const [key, was, now] of restartOnly) if (JSON.stringify(was) !== JSON.stringify(now)) notes.push(`${key}: changed; takes effect at the next start`);
     const previous = routing;
