@@ -62,7 +62,6 @@ export function argFlag(name: string): boolean {
   return process.argv.includes(name);
 }
 
-/** A temp dir that is removed when the bench exits, even when a run fails before its own rm. */
 /**
  * A temp dir for one run, kept until the bench exits (tempDir removes it then). Not deleted between runs:
  * on ext4 without a journal (these machines) every new inode skips those deleted in the last minutes

@@ -82,9 +82,6 @@ export class CommitmentIndex {
   private readonly retentionDays: number;
   private readonly now: () => number;
   private pruneTimer: NodeJS.Timeout | undefined;
-  /** Day folders, newest first, as read at `at`: re-read after each batch the thread finished (it may have
-   * made or removed one), and after a second. */
-  private days: { at: number; names: string[] } | undefined;
 
   /** Entries recorded and not yet handed to the writer thread. */
   private batch: Array<[string, string]> = [];
@@ -179,7 +176,6 @@ export class CommitmentIndex {
     if (this.writer) return this.writer;
     const w = new Worker(join(__dirname, 'commitment-index-thread.js'));
     w.on('message', (d: IndexBatchDone) => {
-      this.days = undefined; // a day folder may have been made or removed
       const what = this.inFlight.get(d.id)?.kind === 'prune' ? 'commitment index entries past their retention not removed' : 'commitment index entry not written';
       for (const code of d.errors) this.onError(Object.assign(new Error(`${what}: ${code}`), { code }));
       this.inFlight.get(d.id)?.done();
@@ -214,7 +210,8 @@ export class CommitmentIndex {
     };
     // A few at a time: the fsyncs of one group overlap in the thread pool. Then the folders that name them:
     // their day folders, and the folder naming those.
-    const files = [...new Set(originalSopInstanceUids.map((u) => this.entryPath(u)).filter((f): f is string => f !== undefined))];
+    const days = this.dayFolders();
+    const files = [...new Set(originalSopInstanceUids.map((u) => this.entryIn(days, u)).filter((f): f is string => f !== undefined))];
     for (let i = 0; i < files.length; i += 4) await Promise.all(files.slice(i, i + 4).map(sync));
     const folders = [...new Set(files.map((f) => dirname(f)))];
     await Promise.all(folders.map(sync));
@@ -226,8 +223,13 @@ export class CommitmentIndex {
 
   /** The file of an instance's newest entry, or undefined when there is none. */
   entryPath(originalSopInstanceUid: string): string | undefined {
+    return this.entryIn(this.dayFolders(), originalSopInstanceUid);
+  }
+
+  /** entryPath, with the day folders read once by the caller (a request names many instances). */
+  private entryIn(days: readonly string[], originalSopInstanceUid: string): string | undefined {
     const name = `${this.keyOf(originalSopInstanceUid)}.json`;
-    for (const day of this.dayFolders()) {
+    for (const day of days) {
       const f = join(this.root, day, name);
       if (existsSync(f)) return f;
     }
@@ -235,23 +237,28 @@ export class CommitmentIndex {
     return existsSync(legacy) ? legacy : undefined;
   }
 
+  /** The day folders, newest first. */
   private dayFolders(): string[] {
-    const now = this.now();
-    if (!this.days || now - this.days.at > 1000 || now < this.days.at) {
-      let names: string[] = [];
-      try {
-        names = readdirSync(this.root).filter((n) => DAY_NAME.test(n)).sort().reverse();
-      } catch {
-        /* no entries yet */
-      }
-      this.days = { at: now, names };
+    try {
+      return readdirSync(this.root).filter((n) => DAY_NAME.test(n)).sort().reverse();
+    } catch {
+      return []; // no entries yet
     }
-    return this.days.names;
+  }
+
+  /** Where each instance stands now. */
+  statesOf(originalSopInstanceUids: readonly string[]): CommitmentState[] {
+    const days = this.dayFolders();
+    return originalSopInstanceUids.map((u) => this.stateIn(days, u));
   }
 
   /** Where the instance stands now. */
   stateOf(originalSopInstanceUid: string): CommitmentState {
-    const file = this.entryPath(originalSopInstanceUid);
+    return this.stateIn(this.dayFolders(), originalSopInstanceUid);
+  }
+
+  private stateIn(days: readonly string[], originalSopInstanceUid: string): CommitmentState {
+    const file = this.entryIn(days, originalSopInstanceUid);
     let entry: CommitmentEntry;
     try {
       if (file === undefined) throw new Error('no entry');

@@ -165,7 +165,7 @@ export class CommitmentService {
       await this.opts.index.settled();
       for (const [name, r] of [...this.pending]) {
         if (this.reporting.has(name) || (r.retryAt && r.retryAt > now)) continue;
-        const states = r.items.map(([, uid]) => this.opts.index.stateOf(uid));
+        const states = this.opts.index.statesOf(r.items.map(([, uid]) => uid));
         const waiting = states.some((s) => s.state === 'pending');
         if (waiting && now < r.deadline) continue;
         const ok: Committed = [];
